@@ -1,0 +1,203 @@
+"""Classifiers on embeddings: zero-shot from class text, and the linear probe of step 2.
+
+The linear probe (the paper's "fine-tuning": one fully connected layer on the frozen image
+encoder) trains on cached embeddings kept on the device. It can be fed extra embeddings each
+epoch by an *augmenter*: samples from LARE boxes (:class:`BoxSampler`) or LADS augmentations
+(:class:`FixedAugment`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .box import sample_boxes
+from .train import batches, check_training, seeded_init
+from .utils import make_generator, resolve_device
+
+SELECT_METRICS = ("balanced_acc", "top1")
+
+
+# ---------------------------------------------------------------- metrics and zero-shot
+def metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict[str, float]:
+    """Top-1 accuracy and balanced accuracy (mean of per-class recall over classes present), in %."""
+    pred, labels = pred.cpu(), labels.cpu()
+    if len(labels) == 0:
+        raise ValueError("cannot compute accuracy on an empty set")
+    correct = (pred == labels).float()
+    num_classes = num_classes or int(labels.max()) + 1
+    per_class_n = torch.bincount(labels, minlength=num_classes).float()
+    per_class_hit = torch.bincount(labels, weights=correct, minlength=num_classes)
+    present = per_class_n > 0
+    balanced = (per_class_hit[present] / per_class_n[present]).mean()
+    return {"top1": 100.0 * correct.mean().item(), "balanced_acc": 100.0 * balanced.item()}
+
+
+def zero_shot_logits(x: torch.Tensor, class_text: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each (re-normalised) image embedding to each class text embedding."""
+    return F.normalize(x.float(), dim=-1) @ F.normalize(class_text.float(), dim=-1).T
+
+
+def zero_shot_predict(x: torch.Tensor, class_text: torch.Tensor) -> torch.Tensor:
+    return zero_shot_logits(x, class_text).argmax(-1)
+
+
+# ---------------------------------------------------------------- augmenters
+Augmenter = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+class BoxSampler:
+    """Extra training embeddings drawn uniformly from each training item's box (LARE step 2).
+
+    k: samples per item and epoch. fresh: new samples every epoch (True) or one draw reused for
+    all epochs (False). renormalize: project samples back onto the unit sphere, where the image
+    embeddings live.
+    """
+
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *, k: int = 1,
+                 fresh: bool = True, renormalize: bool = True):
+        if len(lower) != len(labels):
+            raise ValueError(f"{len(lower)} boxes but {len(labels)} labels")
+        self.lower, self.upper, self.labels = lower, upper, labels
+        self.k, self.fresh, self.renormalize = int(k), bool(fresh), bool(renormalize)
+        self._fixed: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def to(self, device: torch.device) -> "BoxSampler":
+        self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
+        return self
+
+    def __call__(self, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.fresh and self._fixed is not None:
+            return self._fixed
+        s = sample_boxes(self.lower, self.upper, self.k, generator=generator).reshape(-1, self.lower.shape[1])
+        if self.renormalize:
+            s = F.normalize(s, dim=-1)
+        out = (s, self.labels.repeat_interleave(self.k))
+        if not self.fresh:
+            self._fixed = out
+        return out
+
+
+class FixedAugment:
+    """A fixed set of extra embeddings (e.g. one LADS augmentation per training image)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
+        self.x, self.y = x, y
+
+    def to(self, device: torch.device) -> "FixedAugment":
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        return self
+
+    def __call__(self, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+
+# ---------------------------------------------------------------- linear probe
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Linear probe training (recorded with each result).
+
+    epochs, batch_size (0: full batch), lr, weight_decay: AdamW on cross-entropy. The defaults
+    follow LADS's probe (AdamW, lr 1e-3, weight decay 0.05, batch 256) with fewer epochs.
+    select: validation metric for model selection (``balanced_acc`` as LADS, or ``top1``).
+    seed: initialisation, batch order and box sampling.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    select: str = "balanced_acc"
+    seed: int = 0
+
+    def __post_init__(self):
+        check_training(self.epochs, self.batch_size, self.lr)
+        if self.select not in SELECT_METRICS:
+            raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ProbeResult:
+    model: nn.Linear
+    config: ProbeConfig
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        dev = self.model.weight.device
+        return self.model(x.to(dev, torch.float32)).argmax(-1).cpu()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return metrics(self.predict(x), y, self.model.out_features)
+
+
+def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
+                config: ProbeConfig | None = None, *, val_x: torch.Tensor | None = None,
+                val_y: torch.Tensor | None = None, augment: Augmenter | None = None,
+                device: str | torch.device | None = None, progress: bool = True) -> ProbeResult:
+    """Train a linear classifier on embeddings (plus the augmenter's extra embeddings each epoch).
+
+    The epoch with the best validation ``config.select`` metric is kept (the last epoch when no
+    validation split is given). All work is tensor slicing on ``device``: no DataLoader.
+    """
+    cfg = config or ProbeConfig()
+    dev = resolve_device(device)
+    if train_x.dim() != 2 or len(train_x) != len(train_y):
+        raise ValueError(f"train embeddings must be (n, d) with n labels, got {tuple(train_x.shape)}, {tuple(train_y.shape)}")
+    x, y = train_x.to(dev, torch.float32), train_y.to(dev)
+    has_val = val_x is not None and val_y is not None and len(val_x) > 0
+    if has_val:
+        vx, vy = val_x.to(dev, torch.float32), val_y.to(dev)
+    if augment is not None and hasattr(augment, "to"):
+        augment = augment.to(dev)
+
+    model = seeded_init(lambda: nn.Linear(x.shape[1], num_classes), cfg.seed).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    order_gen = make_generator(cfg.seed, "cpu")
+    sample_gen = make_generator(cfg.seed + 1, dev)
+
+    history, best, best_epoch, best_state = [], -1.0, -1, None
+    bar = tqdm(range(cfg.epochs), desc="probe", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        ex, ey = x, y
+        if augment is not None:
+            ax, ay = augment(epoch, sample_gen)
+            ex, ey = torch.cat([x, ax.to(torch.float32)]), torch.cat([y, ay])
+        total, count = torch.zeros((), device=dev), 0
+        for idx in batches(len(ex), cfg.batch_size, order_gen, dev):
+            loss = F.cross_entropy(model(ex[idx]), ey[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+            count += len(idx)
+        row = {"epoch": epoch, "train_loss": (total / count).item()}
+        if has_val:
+            model.eval()
+            with torch.no_grad():
+                row.update({f"val_{k}": v for k, v in metrics(model(vx).argmax(-1), vy, num_classes).items()})
+            score = row[f"val_{cfg.select}"]
+        else:
+            score = epoch
+        history.append(row)
+        if score > best:
+            best, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return ProbeResult(model=model, config=cfg, best_epoch=best_epoch, history=history)

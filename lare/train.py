@@ -1,0 +1,92 @@
+"""The one training loop shared by f_Box and LADS: minimise a dict of loss terms on tensors.
+
+Tensors stay on the device; batches are index slices of a seeded permutation (no DataLoader,
+no per-sample Python). The epoch with the lowest validation ``total`` is kept (the last epoch
+when there is no validation split).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .utils import make_generator
+
+TermsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def check_training(epochs: int, batch_size: int, lr: float) -> None:
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 0:
+        raise ValueError(f"batch_size must be >= 0 (0 means full batch), got {batch_size}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Index tensors of a seeded random permutation, ``batch_size`` at a time (0: all at once)."""
+    perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+    step = n if not batch_size or batch_size >= n else batch_size
+    return perm.split(step)
+
+
+def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a module with a seeded initialisation, leaving the caller's global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor, *,
+             val: tuple[torch.Tensor, torch.Tensor] | None, epochs: int, batch_size: int, lr: float,
+             weight_decay: float, seed: int, desc: str, progress: bool) -> tuple[int, list[dict]]:
+    """AdamW on ``terms(x_batch, y_batch)["total"]``; loads the best epoch's weights into ``model``.
+
+    Returns ``(best_epoch, history)``; ``history`` has per epoch the mean training terms
+    (``train_*``) and the validation terms (``val_*``).
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = make_generator(seed, "cpu")
+    history, best, best_epoch, best_state = [], float("inf"), -1, None
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        sums, count = {}, 0
+        for idx in batches(len(x), batch_size, gen, x.device):
+            t = terms(x[idx], y[idx])
+            opt.zero_grad(set_to_none=True)
+            t["total"].backward()
+            opt.step()
+            for k, v in t.items():
+                sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
+            count += len(idx)
+        row = {"epoch": epoch, **{f"train_{k}": (v / count).item() for k, v in sums.items()}}
+        if val is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update({f"val_{k}": v.item() for k, v in terms(*val).items()})
+            score = row["val_total"]
+        else:
+            score = -epoch  # no validation: the last epoch wins
+        history.append(row)
+        if score < best:
+            best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{row['train_total']:.4f}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return best_epoch, history
+
+
+def check_xy(x: torch.Tensor, y: torch.Tensor, class_text: torch.Tensor, name: str) -> None:
+    """Shapes and label range of an embedding set against the class text embeddings."""
+    if x.dim() != 2 or y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"{name} embeddings must be (n, d) with n labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if class_text.dim() != 2 or class_text.shape[1] != x.shape[1]:
+        raise ValueError(f"class_text must be (C, {x.shape[1]}), got {tuple(class_text.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= class_text.shape[0]):
+        raise ValueError(f"{name} labels must lie in [0, {class_text.shape[0]}), got [{int(y.min())}, {int(y.max())}]")
