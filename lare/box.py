@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .losses import REDUCTIONS, VOLUME_FORMS, check_alpha, lare_loss_terms
 from .train import check_training, check_xy, minimise, seeded_init
 from .utils import resolve_device

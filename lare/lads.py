@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .train import check_training, check_xy, minimise, seeded_init
 from .utils import resolve_device
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +67,9 @@ class BoxSampler:
             raise ValueError(f"{len(lower)} boxes but {len(labels)} labels")
         self.lower, self.upper, self.labels = lower, upper, labels
         self.k, self.fresh, self.renormalize = int(k), bool(fresh), bool(renormalize)
-        self._fixed: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def to(self, device: torch.device) -> "BoxSampler":
+    def to(self, device: torch.device) -> BoxSampler:
         self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
         return self
 
@@ -93,7 +93,7 @@ class FixedAugment:
             raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
         self.x, self.y = x, y
 
-    def to(self, device: torch.device) -> "FixedAugment":
+    def to(self, device: torch.device) -> FixedAugment:
         self.x, self.y = self.x.to(device), self.y.to(device)
         return self
 

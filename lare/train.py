@@ -8,7 +8,7 @@ when there is no validation split).
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

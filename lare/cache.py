@@ -1,0 +1,262 @@
+"""The embedding store: safetensors tensors plus a JSON manifest, under a key derived from it.
+
+Layout of one entry::
+
+    <cache_dir>/<dataset>/<split>/<model>-<key>/
+        manifest.json          the fields that identify the embeddings (the key is their hash)
+        chunks/NNNNNN.safetensors   partial results while extraction runs (deleted at the end)
+        embeddings.safetensors      "embeddings" (n, d) float32, "labels" (n,) int64
+        ids.json                    the ordered item ids
+        complete.json               sha256 of embeddings.safetensors, n, d: written last
+
+Any change of a manifest field (model, pretrained tag, open_clip version, preprocessing,
+precision, normalise flag, dataset, split, number of items, digest of the ordered ids, label
+names) gives another key, so stale embeddings are never reused. Every file is written to a
+temporary name and renamed into place; extraction writes one chunk at a time and, restarted
+after an interruption, embeds only the chunks that are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .utils import atomic_path, hash_config, sha256_file, write_json_atomic
+
+FORMAT_VERSION = 1
+MANIFEST_FIELDS = ("format", "model", "pretrained", "open_clip_version", "model_config_digest", "preprocessing",
+                   "precision", "normalize", "dataset", "split", "n_items", "ids_digest", "label_names")
+
+
+class CacheMismatchError(ValueError):
+    """A cache entry whose manifest differs from what was asked for."""
+
+
+class CacheCorruptError(RuntimeError):
+    """A cache entry whose files fail their checksum or cannot be read."""
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """sha256 of the ordered ids: any change of membership or order changes it."""
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def make_manifest(encoder_info: dict[str, Any], *, dataset: str, split: str, ids: Sequence[str],
+                  label_names: Sequence[str], normalize: bool = True) -> dict[str, Any]:
+    """The manifest of an image-embedding entry. ``encoder_info`` is :meth:`Encoder.info`."""
+    m = {"format": FORMAT_VERSION, **{k: encoder_info[k] for k in ("model", "pretrained", "open_clip_version",
+                                                                    "model_config_digest", "preprocessing", "precision")},
+         "normalize": bool(normalize), "dataset": dataset, "split": split, "n_items": len(ids),
+         "ids_digest": ids_digest(ids), "label_names": list(label_names)}
+    return m
+
+
+def cache_key(manifest: dict[str, Any]) -> str:
+    return hash_config(manifest)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))
+
+
+def entry_dir(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    return (Path(cache_dir) / _safe(manifest["dataset"]) / _safe(manifest["split"])
+            / f"{_safe(manifest['model'])}-{cache_key(manifest)}")
+
+
+def diff_manifest(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Names of the fields of ``expected`` whose value differs in ``found``."""
+    return [k for k in expected if found.get(k) != expected[k]]
+
+
+def _describe(diff: list[str], found: dict, expected: dict) -> str:
+    def short(v):
+        s = json.dumps(v, default=str)
+        return s if len(s) <= 80 else s[:77] + "..."
+    return "; ".join(f"{k}: cache has {short(found.get(k))}, expected {short(expected[k])}" for k in diff)
+
+
+@dataclass
+class EmbeddingSet:
+    """Embeddings of one dataset split with their labels, ids and manifest."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, ids: Sequence[str]) -> EmbeddingSet:
+        """The rows of the given ids, in that order (a KeyError names a missing id)."""
+        pos = {i: n for n, i in enumerate(self.ids)}
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise KeyError(f"{len(missing)} ids not in {self.manifest.get('dataset')}/{self.manifest.get('split')}, "
+                           f"e.g. {missing[:3]}")
+        idx = torch.tensor([pos[i] for i in ids], dtype=torch.long)
+        return EmbeddingSet(self.embeddings[idx], self.labels[idx], list(ids), self.manifest, self.path)
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / "complete.json").is_file()
+
+
+def save_embeddings(path: str | Path, manifest: dict[str, Any], embeddings: torch.Tensor,
+                    labels: torch.Tensor, ids: Sequence[str]) -> EmbeddingSet:
+    """Write a complete entry at ``path`` (atomically, file by file; ``complete.json`` last)."""
+    path = Path(path)
+    if len(embeddings) != len(labels) or len(labels) != len(ids):
+        raise ValueError(f"{len(embeddings)} embeddings, {len(labels)} labels and {len(ids)} ids must agree")
+    if manifest.get("n_items") not in (None, len(ids)) or manifest.get("ids_digest") not in (None, ids_digest(ids)):
+        raise ValueError("the manifest does not describe these ids (n_items or ids_digest differ)")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "complete.json").unlink(missing_ok=True)
+    write_json_atomic(path / "manifest.json", manifest)
+    write_json_atomic(path / "ids.json", list(ids))
+    tensors = {"embeddings": embeddings.detach().float().contiguous().cpu(),
+               "labels": labels.detach().long().contiguous().cpu()}
+    with atomic_path(path / "embeddings.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(path / "complete.json", {"sha256": sha256_file(path / "embeddings.safetensors"),
+                                               "n": len(ids), "dim": int(embeddings.shape[1]),
+                                               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return EmbeddingSet(tensors["embeddings"], tensors["labels"], list(ids), manifest, path)
+
+
+def load_embeddings(path: str | Path, expect: dict[str, Any] | None = None, *, verify: bool = True) -> EmbeddingSet:
+    """Read a complete entry; refuse it if a field of ``expect`` differs or its checksum fails."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(f"no embedding cache at {path} (manifest.json missing); run the extraction first")
+    manifest = json.loads((path / "manifest.json").read_text())
+    if expect:
+        diff = diff_manifest(manifest, expect)
+        if diff:
+            raise CacheMismatchError(f"refusing the embedding cache at {path}: {_describe(diff, manifest, expect)}. "
+                                     "Re-extract with the current settings (a new cache entry is made beside it).")
+    if not is_complete(path):
+        raise CacheCorruptError(f"the embedding cache at {path} is incomplete (extraction did not finish); "
+                                "run the extraction again to resume it")
+    done = json.loads((path / "complete.json").read_text())
+    if verify and sha256_file(path / "embeddings.safetensors") != done["sha256"]:
+        raise CacheCorruptError(f"{path / 'embeddings.safetensors'} fails its checksum (corrupted or truncated); "
+                                f"delete {path} and extract again")
+    tensors = load_file(str(path / "embeddings.safetensors"))
+    ids = json.loads((path / "ids.json").read_text())
+    if len(ids) != len(tensors["embeddings"]) or (manifest.get("ids_digest") and ids_digest(ids) != manifest["ids_digest"]):
+        raise CacheCorruptError(f"ids.json at {path} does not match its embeddings or manifest; delete {path} and extract again")
+    return EmbeddingSet(tensors["embeddings"], tensors["labels"], ids, manifest, path)
+
+
+def open_entry(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Create (or check) the entry folder for ``manifest``; refuse a folder holding another manifest."""
+    path = entry_dir(cache_dir, manifest)
+    mfile = path / "manifest.json"
+    if mfile.is_file():
+        found = json.loads(mfile.read_text())
+        diff = diff_manifest(found, manifest)
+        if diff:
+            raise CacheMismatchError(f"the cache folder {path} holds other embeddings: {_describe(diff, found, manifest)}. "
+                                     "Delete that folder to re-extract.")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(mfile, manifest)
+    return path
+
+
+def _chunk_path(path: Path, c: int) -> Path:
+    return path / "chunks" / f"{c:06d}.safetensors"
+
+
+def _read_chunk(file: Path, expected_rows: int) -> torch.Tensor | None:
+    """A finished chunk's embeddings, or None when it is missing or unreadable (it is redone)."""
+    if not file.is_file():
+        return None
+    try:
+        emb = load_file(str(file))["embeddings"]
+    except Exception:
+        return None
+    return emb if len(emb) == expected_rows else None
+
+
+def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, dataset: str, split: str,
+                       label_names: Sequence[str], batch_size: int = 64, chunk_size: int = 1024,
+                       num_workers: int = 0, normalize: bool = True, progress: bool = True) -> EmbeddingSet:
+    """Embed ``items`` (see :class:`lare.datasets.Item`) into the cache, or load them if already there.
+
+    Work is done in chunks of ``chunk_size`` items, each written atomically as soon as it is done;
+    an interrupted extraction resumes at the first missing chunk and gives the same result.
+    """
+    from .datasets import ImageFiles
+
+    if chunk_size < 1 or batch_size < 1:
+        raise ValueError("chunk_size and batch_size must be >= 1")
+    ids = [it.id for it in items]
+    manifest = make_manifest(encoder.info(), dataset=dataset, split=split, ids=ids, label_names=label_names,
+                             normalize=normalize)
+    path = open_entry(cache_dir, manifest)
+    if is_complete(path):
+        return load_embeddings(path, manifest)
+
+    n = len(items)
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    parts: list[torch.Tensor | None] = [_read_chunk(_chunk_path(path, c), min(chunk_size, n - c * chunk_size))
+                                        for c in range(n_chunks)]
+    todo = [c for c in range(n_chunks) if parts[c] is None]
+    bar = tqdm(total=sum(min(chunk_size, n - c * chunk_size) for c in todo), disable=not progress, unit="img",
+               desc=f"embed {dataset}/{split} with {encoder.model_name}")
+    for c in todo:
+        chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
+        loader = torch.utils.data.DataLoader(ImageFiles(chunk_items, encoder.preprocess), batch_size=batch_size,
+                                             num_workers=num_workers, pin_memory=encoder.device.type == "cuda")
+        out = []
+        for pixels in loader:
+            out.append(encoder.encode_image_batch(pixels, normalize=normalize))
+            bar.update(len(pixels))
+        parts[c] = torch.cat(out)
+        with atomic_path(_chunk_path(path, c)) as tmp:
+            save_file({"embeddings": parts[c].contiguous()}, str(tmp))
+    bar.close()
+    labels = torch.tensor([it.label for it in items], dtype=torch.long)
+    result = save_embeddings(path, manifest, torch.cat(parts) if parts else torch.empty(0, 0), labels, ids)
+    shutil.rmtree(path / "chunks", ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------- class text embeddings
+def text_manifest(encoder_info: dict[str, Any], *, class_names: Sequence[str], templates: Sequence[str],
+                  purpose: str = "class") -> dict[str, Any]:
+    m = {"format": FORMAT_VERSION, **{k: encoder_info[k] for k in ("model", "pretrained", "open_clip_version",
+                                                                    "model_config_digest", "precision")},
+         "normalize": True, "dataset": "text", "split": purpose, "templates": list(templates),
+         "class_names": list(class_names)}
+    return m
+
+
+def cached_class_text(encoder, class_names: Sequence[str], templates: Sequence[str], *, cache_dir: str | Path,
+                      purpose: str = "class") -> torch.Tensor:
+    """Class text embeddings ``T(c)`` (see :func:`lare.encoders.class_text_embeddings`), cached."""
+    from .encoders import class_text_embeddings
+
+    manifest = text_manifest(encoder.info(), class_names=class_names, templates=templates, purpose=purpose)
+    path = open_entry(cache_dir, manifest)
+    if is_complete(path):
+        return load_embeddings(path, manifest).embeddings
+    emb = class_text_embeddings(encoder, class_names, templates)
+    return save_embeddings(path, manifest, emb, torch.arange(len(class_names)), list(class_names)).embeddings
