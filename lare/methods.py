@@ -63,9 +63,13 @@ def run_linear_probe(splits: EmbeddingSplits, probe: ProbeConfig, *, device=None
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """LARE step 2: k samples per training item, fresh every epoch or fixed, re-normalised or not."""
+    """LARE step 2: k samples per training item, fresh every epoch or fixed, re-normalised or not.
 
-    k: int = 4
+    Default k = 1: on the synthetic data, k = 4 let box samples outnumber the real embeddings and
+    cost accuracy in and out of domain, while k = 1 gained 2 to 4 points out of domain.
+    """
+
+    k: int = 1
     fresh: bool = True
     renormalize: bool = True
 

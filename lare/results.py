@@ -1,0 +1,187 @@
+"""Results: one JSON row per (method, encoder, dataset, domain, shots, seed), then a CSV of
+mean and std over seeds; tables and figures read only the CSV.
+
+Each row carries the metrics, the full parameters, their hash, the git commit and the package
+versions. The JSON-lines file is rewritten atomically under a lock on every append, so a killed
+run leaves no partial row, and a row whose key and configuration are already there is not
+written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from .utils import atomic_path, git_commit, hash_config, package_versions
+
+KEY = ("method", "encoder", "dataset", "domain", "shots", "seed")
+FULL_SHOTS = 0  # "shots = 0" means the whole training pool
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def make_rows(*, method: str, encoder: str, dataset: str, shots: int, seed: int,
+              metrics_by_domain: dict[str, dict[str, float]], params: dict) -> list[dict]:
+    """Rows for one unit of work (one method, encoder, dataset, shots, seed), one per domain."""
+    base = {"method": method, "encoder": encoder, "dataset": dataset, "shots": int(shots), "seed": int(seed),
+            "params": params, "config_hash": hash_config(params), "git_commit": git_commit(),
+            "versions": package_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return [{**base, "domain": domain, **{k: float(v) for k, v in m.items()}}
+            for domain, m in metrics_by_domain.items()]
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ident(row: dict) -> tuple:
+    return tuple(row[k] for k in KEY) + (row["config_hash"],)
+
+
+def append_rows(path: str | Path, rows: Iterable[dict]) -> int:
+    """Add rows not yet present (same key and config hash); returns how many were added."""
+    path = Path(path)
+    with _locked(path):
+        existing = read_rows(path)
+        seen = {_ident(r) for r in existing}
+        new = [r for r in rows if _ident(r) not in seen]
+        if new:
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in existing + new))
+    return len(new)
+
+
+def has_result(path: str | Path, *, method: str, encoder: str, dataset: str, shots: int, seed: int,
+               params: dict) -> bool:
+    """True when rows for this unit of work with these parameters are already recorded."""
+    h = hash_config(params)
+    return any(r["config_hash"] == h and (r["method"], r["encoder"], r["dataset"], r["shots"], r["seed"])
+               == (method, encoder, dataset, int(shots), int(seed)) for r in read_rows(path))
+
+
+def aggregate(rows: list[dict]) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over seeds per (method, encoder, dataset, domain, shots).
+
+    Refuses to average rows whose configuration hashes differ within one cell.
+    """
+    if not rows:
+        raise ValueError("no result rows to aggregate")
+    df = pd.DataFrame(rows)
+    cell = ["method", "encoder", "dataset", "domain", "shots"]
+    mixed = df.groupby(cell)["config_hash"].nunique()
+    mixed = mixed[mixed > 1]
+    if len(mixed):
+        raise ValueError(f"results disagree in configuration within {len(mixed)} cell(s), e.g. {mixed.index[0]}: "
+                         "remove the stale rows from the results file or use another run folder")
+    agg = df.groupby(cell).agg(n_seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
+                               balanced_acc_mean=("balanced_acc", "mean"), balanced_acc_std=("balanced_acc", "std"),
+                               config_hash=("config_hash", "first")).reset_index()
+    return agg.fillna({"top1_std": 0.0, "balanced_acc_std": 0.0})
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+
+
+# ---------------------------------------------------------------- Table 1
+# (method, encoder) -> row label of Table 1; the last two are our additions.
+TABLE1_ROWS = [
+    (("zero-shot", "clip"), "CLIP (zero-shot)"),
+    (("zero-shot", "coca"), "CoCa (zero-shot)"),
+    (("linear-probe", "clip"), "CLIP (fine-tuning)"),
+    (("linear-probe", "coca"), "CoCa (fine-tuning)"),
+    (("lads", "clip"), "LADS"),
+    (("lare", "coca"), "LARE"),
+    (("lare", "clip"), "LARE on CLIP features (addition)"),
+    (("lads", "coca"), "LADS on CoCa features (addition)"),
+]
+PAPER_TABLE1 = {  # PAPER.md section 8: (in-domain, out-of-domain) top-1 %, std where printed
+    "CLIP (zero-shot)": ((63.27, None), (54.71, None)),
+    "CoCa (zero-shot)": ((73.63, None), (65.05, None)),
+    "CLIP (fine-tuning)": ((86.39, 0.03), (64.40, 0.16)),
+    "CoCa (fine-tuning)": ((86.98, 0.16), (71.56, 0.12)),
+    "LADS": ((86.31, 0.15), (65.90, 0.15)),
+    "LARE": ((87.01, 0.04), (72.98, 0.16)),
+}
+DOMAINS = (("in_domain", "In-domain"), ("out_of_domain", "Out-of-domain"))
+
+
+def table1(agg: pd.DataFrame, dataset: str, *, with_paper: bool = False) -> pd.DataFrame:
+    """Table 1 from the aggregated CSV: one row per method, mean and std per domain (full shots)."""
+    sub = agg[(agg["dataset"] == dataset) & (agg["shots"] == FULL_SHOTS)]
+    out = []
+    for (method, enc), label in TABLE1_ROWS:
+        row = {"method": label}
+        found = False
+        for dom, col in DOMAINS:
+            hit = sub[(sub["method"] == method) & (sub["encoder"] == enc) & (sub["domain"] == dom)]
+            if len(hit):
+                found = True
+                row[f"{col} mean"], row[f"{col} std"] = hit["top1_mean"].iloc[0], hit["top1_std"].iloc[0]
+                row["seeds"] = int(hit["n_seeds"].iloc[0])
+            if with_paper and label in PAPER_TABLE1:
+                paper = PAPER_TABLE1[label][0 if dom == "in_domain" else 1][0]
+                row[f"{col} paper"] = paper
+                row[f"{col} diff"] = row.get(f"{col} mean", float("nan")) - paper
+        if found:
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _fmt(mean, std) -> str:
+    return "" if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
+
+
+def table1_display(t: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable columns: 'mean ± std', paper value and difference where present."""
+    out = pd.DataFrame({"Method": t["method"]})
+    for _dom, col in DOMAINS:
+        if f"{col} mean" in t:
+            out[col] = [_fmt(m, s) for m, s in zip(t[f"{col} mean"], t[f"{col} std"], strict=True)]
+        if f"{col} paper" in t:
+            out[f"{col} (paper)"] = t[f"{col} paper"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+            out[f"{col} (diff)"] = t[f"{col} diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
+    if "seeds" in t:
+        out["Seeds"] = t["seeds"]
+    return out
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    cells = [list(map(str, df.columns))] + [[str(v) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
+    return "\n".join(lines)
+
+
+def write_table1(t: pd.DataFrame, folder: str | Path, *, title: str) -> dict[str, Path]:
+    """Table 1 as CSV (numbers), Markdown and LaTeX (formatted), under ``folder``."""
+    folder = Path(folder)
+    shown = table1_display(t)
+    paths = {"csv": folder / "table1.csv", "md": folder / "table1.md", "tex": folder / "table1.tex"}
+    write_csv(t, paths["csv"])
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(f"**{title}**\n\n" + markdown_table(shown) + "\n")
+    latex = shown.to_latex(index=False, caption=title, label="tab:table1").replace("±", r"$\pm$")
+    with atomic_path(paths["tex"]) as tmp:
+        tmp.write_text(latex)
+    return paths
