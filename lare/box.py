@@ -11,15 +11,19 @@ outputs become ordered corners is an open choice of the paper (``corners``):
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .losses import REDUCTIONS, VOLUME_FORMS, check_alpha, lare_loss_terms
 from .train import check_training, check_xy, minimise, seeded_init
-from .utils import resolve_device
+from .utils import atomic_path, resolve_device, write_json_atomic
 
 CORNER_MODES = ("minmax", "center_width")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -35,7 +39,7 @@ class BoxNet(nn.Module):
             raise ValueError(f"corners must be one of {CORNER_MODES}, got {corners!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        hidden = hidden or dim
+        hidden = dim if hidden is None else hidden
         self.dim, self.hidden, self.corners, self.activation = dim, hidden, corners, activation
         self.net = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, 2 * dim))
 
@@ -105,9 +109,11 @@ class BoxConfig:
             raise ValueError(f"volume must be one of {VOLUME_FORMS}, got {self.volume!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-        check_training(self.epochs, self.batch_size, self.lr)
-        if self.scale <= 0:
-            raise ValueError(f"scale must be > 0, got {self.scale}")
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay)
+        if not math.isfinite(self.scale) or self.scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
+        if self.hidden is not None and (not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1):
+            raise ValueError(f"hidden must be a positive integer or None (= the embedding dimension), got {self.hidden!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,3 +166,24 @@ def train_box(train_x: torch.Tensor, train_y: torch.Tensor, class_text: torch.Te
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         seed=cfg.seed, desc="f_Box", progress=progress)
     return BoxTrainResult(model=model, config=cfg, best_epoch=best_epoch, history=history)
+
+
+def save_box(result: BoxTrainResult, path: str | Path, extra: dict | None = None) -> None:
+    """Write f_Box weights (safetensors) and, beside them, its config, best epoch and history (JSON)."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+    write_json_atomic(path.with_suffix(".json"), {"config": result.config.to_dict(), "dim": result.model.dim,
+                                                  "best_epoch": result.best_epoch, "history": result.history,
+                                                  **(extra or {})})
+
+
+def load_box(path: str | Path, device: str | torch.device | None = None) -> BoxTrainResult:
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    cfg = BoxConfig(**meta["config"])
+    model = BoxNet(meta["dim"], cfg.hidden, cfg.activation, cfg.corners)
+    model.load_state_dict(load_file(str(path)))
+    model.to(resolve_device(device)).eval()
+    return BoxTrainResult(model=model, config=cfg, best_epoch=meta["best_epoch"], history=meta["history"])

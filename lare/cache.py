@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 from .utils import atomic_path, hash_config, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
-MANIFEST_FIELDS = ("format", "model", "pretrained", "open_clip_version", "model_config_digest", "preprocessing",
-                   "precision", "normalize", "dataset", "split", "n_items", "ids_digest", "label_names")
+# The fields of Encoder.info() that identify embeddings (image entries also use "preprocessing").
+ENCODER_FIELDS = ("model", "pretrained", "weights_id", "open_clip_version", "model_config_digest", "precision")
+MANIFEST_FIELDS = ("format", *ENCODER_FIELDS, "preprocessing", "normalize", "dataset", "split", "n_items",
+                   "ids_digest", "label_names")
 
 
 class CacheMismatchError(ValueError):
@@ -57,8 +59,7 @@ def ids_digest(ids: Sequence[str]) -> str:
 def make_manifest(encoder_info: dict[str, Any], *, dataset: str, split: str, ids: Sequence[str],
                   label_names: Sequence[str], normalize: bool = True) -> dict[str, Any]:
     """The manifest of an image-embedding entry. ``encoder_info`` is :meth:`Encoder.info`."""
-    m = {"format": FORMAT_VERSION, **{k: encoder_info[k] for k in ("model", "pretrained", "open_clip_version",
-                                                                    "model_config_digest", "preprocessing", "precision")},
+    m = {"format": FORMAT_VERSION, **{k: encoder_info[k] for k in (*ENCODER_FIELDS, "preprocessing")},
          "normalize": bool(normalize), "dataset": dataset, "split": split, "n_items": len(ids),
          "ids_digest": ids_digest(ids), "label_names": list(label_names)}
     return m
@@ -144,7 +145,7 @@ def load_embeddings(path: str | Path, expect: dict[str, Any] | None = None, *, v
     path = Path(path)
     if not (path / "manifest.json").is_file():
         raise FileNotFoundError(f"no embedding cache at {path} (manifest.json missing); run the extraction first")
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = _read_json(path / "manifest.json")
     if expect:
         diff = diff_manifest(manifest, expect)
         if diff:
@@ -153,15 +154,25 @@ def load_embeddings(path: str | Path, expect: dict[str, Any] | None = None, *, v
     if not is_complete(path):
         raise CacheCorruptError(f"the embedding cache at {path} is incomplete (extraction did not finish); "
                                 "run the extraction again to resume it")
-    done = json.loads((path / "complete.json").read_text())
+    done = _read_json(path / "complete.json")
     if verify and sha256_file(path / "embeddings.safetensors") != done["sha256"]:
         raise CacheCorruptError(f"{path / 'embeddings.safetensors'} fails its checksum (corrupted or truncated); "
                                 f"delete {path} and extract again")
-    tensors = load_file(str(path / "embeddings.safetensors"))
-    ids = json.loads((path / "ids.json").read_text())
+    try:
+        tensors = load_file(str(path / "embeddings.safetensors"))
+    except Exception as err:  # safetensors raises its own error types
+        raise CacheCorruptError(f"cannot read {path / 'embeddings.safetensors'} ({err}); delete {path} and extract again") from err
+    ids = _read_json(path / "ids.json")
     if len(ids) != len(tensors["embeddings"]) or (manifest.get("ids_digest") and ids_digest(ids) != manifest["ids_digest"]):
         raise CacheCorruptError(f"ids.json at {path} does not match its embeddings or manifest; delete {path} and extract again")
     return EmbeddingSet(tensors["embeddings"], tensors["labels"], ids, manifest, path)
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CacheCorruptError(f"cannot read {file} ({err}); delete {file.parent} and extract again") from err
 
 
 def open_entry(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:
@@ -169,7 +180,7 @@ def open_entry(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:
     path = entry_dir(cache_dir, manifest)
     mfile = path / "manifest.json"
     if mfile.is_file():
-        found = json.loads(mfile.read_text())
+        found = _read_json(mfile)
         diff = diff_manifest(found, manifest)
         if diff:
             raise CacheMismatchError(f"the cache folder {path} holds other embeddings: {_describe(diff, found, manifest)}. "
@@ -180,8 +191,9 @@ def open_entry(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def _chunk_path(path: Path, c: int) -> Path:
-    return path / "chunks" / f"{c:06d}.safetensors"
+def _chunk_path(path: Path, c: int, chunk_size: int) -> Path:
+    # The chunk size is part of the path: chunk c of another size holds other items.
+    return path / "chunks" / f"size{chunk_size}" / f"{c:06d}.safetensors"
 
 
 def _read_chunk(file: Path, expected_rows: int) -> torch.Tensor | None:
@@ -216,7 +228,7 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
 
     n = len(items)
     n_chunks = (n + chunk_size - 1) // chunk_size
-    parts: list[torch.Tensor | None] = [_read_chunk(_chunk_path(path, c), min(chunk_size, n - c * chunk_size))
+    parts: list[torch.Tensor | None] = [_read_chunk(_chunk_path(path, c, chunk_size), min(chunk_size, n - c * chunk_size))
                                         for c in range(n_chunks)]
     todo = [c for c in range(n_chunks) if parts[c] is None]
     bar = tqdm(total=sum(min(chunk_size, n - c * chunk_size) for c in todo), disable=not progress, unit="img",
@@ -230,7 +242,7 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
             out.append(encoder.encode_image_batch(pixels, normalize=normalize))
             bar.update(len(pixels))
         parts[c] = torch.cat(out)
-        with atomic_path(_chunk_path(path, c)) as tmp:
+        with atomic_path(_chunk_path(path, c, chunk_size)) as tmp:
             save_file({"embeddings": parts[c].contiguous()}, str(tmp))
     bar.close()
     labels = torch.tensor([it.label for it in items], dtype=torch.long)
@@ -242,8 +254,7 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
 # ---------------------------------------------------------------- class text embeddings
 def text_manifest(encoder_info: dict[str, Any], *, class_names: Sequence[str], templates: Sequence[str],
                   purpose: str = "class") -> dict[str, Any]:
-    m = {"format": FORMAT_VERSION, **{k: encoder_info[k] for k in ("model", "pretrained", "open_clip_version",
-                                                                    "model_config_digest", "precision")},
+    m = {"format": FORMAT_VERSION, **{k: encoder_info[k] for k in ENCODER_FIELDS},
          "normalize": True, "dataset": "text", "split": purpose, "templates": list(templates),
          "class_names": list(class_names)}
     return m
@@ -259,4 +270,5 @@ def cached_class_text(encoder, class_names: Sequence[str], templates: Sequence[s
     if is_complete(path):
         return load_embeddings(path, manifest).embeddings
     emb = class_text_embeddings(encoder, class_names, templates)
-    return save_embeddings(path, manifest, emb, torch.arange(len(class_names)), list(class_names)).embeddings
+    ids = [f"{i}:{c}" for i, c in enumerate(class_names)]  # unique even if two classes share a name
+    return save_embeddings(path, manifest, emb, torch.arange(len(class_names)), ids).embeddings

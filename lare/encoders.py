@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,17 +39,19 @@ def _open_clip():
     return open_clip
 
 
-def register_model_configs(path: str | os.PathLike = TINY_CONFIG_DIR) -> None:
-    """Register open_clip model-config JSONs (a file or a folder); the file stem is the model name."""
-    oc = _open_clip()
-    if str(Path(path).resolve()) not in {str(Path(p).resolve()) for p in getattr(_factory(), "_MODEL_CONFIG_PATHS", [])}:
-        oc.add_model_config(path)
+_REGISTERED: set[str] = set()
 
 
-def _factory():
-    from open_clip import factory
+def register_model_configs(path: str | os.PathLike = TINY_CONFIG_DIR, *, force: bool = False) -> None:
+    """Register open_clip model-config JSONs (a file or a folder); the file stem is the model name.
 
-    return factory
+    ``force`` registers again even if registered before: open_clip re-reads every registered file
+    and the last one registered wins, so the file asked for (edited or not) is the one built.
+    """
+    key = str(Path(path).resolve())
+    if force or key not in _REGISTERED:
+        _open_clip().add_model_config(Path(key))
+        _REGISTERED.add(key)
 
 
 def _nearest(word: str, options: Iterable[str], n: int = 5) -> str:
@@ -69,7 +72,7 @@ def resolve_model_name(model: str) -> str:
         path = Path(model)
         if not path.is_file():
             raise EncoderError(f"model config file {model!r} does not exist")
-        register_model_configs(path)
+        register_model_configs(path, force=True)
         return path.stem
     if model not in oc.list_models():
         raise EncoderError(f"unknown open_clip model {model!r}; nearest valid names: {_nearest(model, oc.list_models())}. "
@@ -92,6 +95,21 @@ def check_pretrained(model_name: str, pretrained: str | None) -> str | None:
         raise EncoderError(f"unknown pretrained tag {pretrained!r} for model {model_name!r}; {hint}. "
                            "Pass an open_clip tag, 'hf-hub:org/name', a checkpoint file, or 'none'.")
     return pretrained
+
+
+def weights_identity(pretrained: str) -> str:
+    """For a local checkpoint file: size, mtime and a hash of its first and last MiB, so new weights
+    saved under the same path never reuse old embeddings. For tags and hub ids: the name itself."""
+    if not pretrained or not os.path.isfile(pretrained):
+        return str(pretrained)
+    st = os.stat(pretrained)
+    h = hashlib.sha256()
+    with open(pretrained, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read())
+    return f"file:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
 
 
 @dataclass
@@ -119,7 +137,8 @@ class Encoder:
     def info(self) -> dict[str, Any]:
         """The fields that identify this encoder's embeddings (part of every cache manifest)."""
         cfg = None if self.model_name.startswith("hf-hub:") else _open_clip().get_model_config(self.model_name)
-        return {"model": self.model_name, "pretrained": self.pretrained, "precision": self.precision,
+        return {"model": self.model_name, "pretrained": self.pretrained, "weights_id": weights_identity(self.pretrained),
+                "precision": self.precision,
                 "open_clip_version": _open_clip().__version__, "preprocessing": repr(self.preprocess),
                 # The architecture itself, so an edited config JSON under the same name is not reused.
                 "model_config_digest": hash_config(cfg) if cfg is not None else "hf-hub"}

@@ -83,7 +83,7 @@ class LADSConfig:
     def __post_init__(self):
         if not 0.0 <= self.domain_weight <= 1.0:
             raise ValueError(f"domain_weight must lie in [0, 1], got {self.domain_weight}")
-        check_training(self.epochs, self.batch_size, self.lr)
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -39,7 +39,7 @@ def class_consistency_loss(points: torch.Tensor, class_text: torch.Tensor, label
                            scale: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """Eq. (2)-(4): ``CE(S[p . T], y)``: cross-entropy of the softmax over ``scale * p @ T^T``."""
     logits = scale * points @ class_text.T
-    return F.cross_entropy(logits, labels, reduction=reduction)
+    return _reduce(F.cross_entropy(logits, labels, reduction="none"), reduction)
 
 
 def lare_loss(lower: torch.Tensor, upper: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *,

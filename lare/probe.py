@@ -71,6 +71,8 @@ class BoxSampler:
 
     def to(self, device: torch.device) -> BoxSampler:
         self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
+        if self._fixed is not None:
+            self._fixed = tuple(t.to(device) for t in self._fixed)
         return self
 
     def __call__(self, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +122,7 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_training(self.epochs, self.batch_size, self.lr)
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay)
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
 

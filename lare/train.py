@@ -8,6 +8,7 @@ when there is no validation split).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,13 +20,22 @@ from .utils import make_generator
 TermsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def check_training(epochs: int, batch_size: int, lr: float) -> None:
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if int(batch_size) < 0:
-        raise ValueError(f"batch_size must be >= 0 (0 means full batch), got {batch_size}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_training(epochs: int, batch_size: int, lr: float, seed: int = 0, weight_decay: float = 0.0) -> None:
+    """Reject bad optimisation settings at configuration time, not halfway through training."""
+    if not _is_int(epochs) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not _is_int(batch_size) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0 (0 means full batch), got {batch_size!r}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
@@ -77,6 +87,9 @@ def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor,
         if score < best:
             best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{row['train_total']:.4f}")
+    if best_state is None:
+        raise FloatingPointError(f"{desc}: training diverged (every validation loss was NaN or infinite); "
+                                 "lower the learning rate or the logit scale")
     model.load_state_dict(best_state)
     model.eval()
     return best_epoch, history

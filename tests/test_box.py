@@ -168,6 +168,14 @@ def test_box_config_rejects_bad_values(kwargs):
         BoxConfig(**kwargs)
 
 
+@pytest.mark.xfail(reason="lare bug (minor): BoxConfig accepts hidden < 1, non-integer epochs/seed and NaN scale; "
+                          "they fail only later inside train_box (RuntimeError/TypeError) or train on NaN losses")
+@pytest.mark.parametrize("kwargs", [dict(hidden=-3), dict(epochs=2.5), dict(seed=1.5), dict(scale=float("nan"))])
+def test_box_config_rejects_values_that_fail_later(kwargs):
+    with pytest.raises((ValueError, TypeError)):
+        BoxConfig(**kwargs)
+
+
 def test_box_config_defaults_and_dict():
     cfg = BoxConfig()
     assert 0 <= cfg.alpha <= 1
