@@ -433,10 +433,6 @@ def run_baselines(run_dir, dataset: str, *, encoders, lads_encoders, shots, seed
     return pd.DataFrame(rows)[["method", "encoder", "domain", "shots", "seed", "top1", "balanced_acc"]] if rows else pd.DataFrame()
 
 
-def figures_dir(profile: str) -> Path:
-    return project_root() / "figures" / profile
-
-
 def aggregate_run(run_dir) -> Path:
     """results.jsonl -> results.csv (mean and std over seeds), in the run folder."""
     from .results import aggregate, read_rows, write_csv
@@ -449,14 +445,15 @@ def aggregate_run(run_dir) -> Path:
     return out
 
 
-def make_table1(run_dir, *, profile: str, dataset: str, compare_paper: bool, note: str) -> dict[str, Path]:
+def make_table1(run_dir, *, figures: Path, dataset: str, compare_paper: bool, note: str) -> dict[str, Path]:
+    """Notebook 05: aggregate the run's results into results.csv and write Table 1 under ``figures``."""
     import pandas as pd
 
     from .results import table1, write_csv, write_table1
 
     csv = aggregate_run(run_dir)
     agg = pd.read_csv(csv)
-    folder = figures_dir(profile)
+    folder = Path(figures)
     write_csv(agg, folder / "results.csv")
     t = table1(agg, dataset, with_paper=compare_paper)
     if t.empty:
@@ -465,7 +462,8 @@ def make_table1(run_dir, *, profile: str, dataset: str, compare_paper: bool, not
     return write_table1(t, folder, title=title)
 
 
-def make_figure3(run_dir, *, profile: str, dataset: str, note: str):
+def make_figure3(run_dir, *, figures: Path, dataset: str, note: str):
+    """Notebook 06: Figure 3 from results.csv, as PNG and PDF under ``figures``."""
     import pandas as pd
 
     from .plots import figure3, save_figure
@@ -473,9 +471,9 @@ def make_figure3(run_dir, *, profile: str, dataset: str, note: str):
     csv = Path(run_dir) / "results.csv"
     if not csv.is_file():
         raise FileNotFoundError(f"no {csv}: run notebook 05 (05_table1), which aggregates the results, first")
-    title = f"Figure 3: few-shot top-1 accuracy on {dataset}" + (f" [{note}]" if note else "")
+    title = f"Figure 3: few-shot accuracy, {dataset}" + (f"\n[{note}]" if note else "")
     fig = figure3(pd.read_csv(csv), dataset, title=title)
-    return save_figure(fig, figures_dir(profile), "figure3"), fig
+    return save_figure(fig, figures, "figure3"), fig
 
 
 def plot_embeddings(run_dir, dataset: str, encoder: str):

@@ -1,0 +1,91 @@
+"""The notebooks: structure (one typed `parameters` cell, no outputs in git) and an end-to-end
+smoke run of every notebook through run_all.sh with tiny open_clip models on generated images."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["01_extract_embeddings", "02_train_boxes", "03_probe_lare", "04_baselines", "05_table1", "06_figure3"]
+
+
+def _nb(name):
+    return nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+def _parameter_names(name) -> set[str]:
+    cell = next(c for c in _nb(name).cells if "parameters" in c.metadata.get("tags", []))
+    return {n.target.id for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)}
+
+
+def test_notebooks_are_the_pipeline_in_order():
+    assert sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb")) == NOTEBOOKS
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_one_typed_parameters_cell_and_no_outputs(name):
+    nb = _nb(name)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged 'parameters'"
+    body = ast.parse(tagged[0].source).body
+    untyped = [ast.unparse(n)[:40] for n in body if not isinstance(n, ast.AnnAssign)]
+    assert not untyped, f"{name}: parameters without a type annotation: {untyped}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{name} has outputs"
+    assert any(c.cell_type == "markdown" for c in nb.cells)
+    nbformat.validate(nb)
+
+
+@pytest.mark.parametrize("params", sorted((ROOT / "params").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_params_files_only_name_known_parameters(params):
+    known = set.intersection(*(_parameter_names(n) for n in NOTEBOOKS))
+    keys = set(yaml.safe_load(params.read_text()))
+    assert keys <= known, f"{params}: unknown parameters {sorted(keys - known)}"
+    assert "dataset" in keys
+
+
+def test_smoke_profile_runs_every_notebook(tmp_path):
+    """./run_all.sh --profile smoke, redirected to a temporary folder, then run again (all skipped)."""
+    env = {**os.environ, "LARE_NO_SETUP": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1"}
+    run, fig = tmp_path / "run", tmp_path / "figures"
+    cmd = ["bash", str(ROOT / "run_all.sh"), "--profile", "smoke", "-p", "run_dir", str(run),
+           "-p", "cache_dir", str(tmp_path / "cache"), "-p", "data_root", str(tmp_path / "data"),
+           "-p", "figures_root", str(fig)]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    table = pd.read_csv(fig / "smoke" / "table1.csv")
+    expected = {"CLIP (zero-shot)", "CoCa (zero-shot)", "CLIP (fine-tuning)", "CoCa (fine-tuning)", "LADS", "LARE"}
+    assert expected <= set(table["method"])
+    assert table[["In-domain mean", "Out-of-domain mean"]].notna().all().all()
+    assert (table["seeds"] == 2).all()
+    for ext in ("md", "tex"):
+        assert "LARE" in (fig / "smoke" / f"table1.{ext}").read_text()
+    for ext in ("png", "pdf"):
+        assert (fig / "smoke" / f"figure3.{ext}").stat().st_size > 1000
+
+    # the real open_clip path ran: caches carry the tiny models' manifests
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("manifest.json")]
+    assert {"lare-tiny-clip", "lare-tiny-coca"} <= {m["model"] for m in manifests}
+    # splits are saved and disjoint from the evaluation sets
+    idx = json.loads((run / "embeddings" / "toy_fewshot" / "coca.json").read_text())
+    test_ids = set(json.loads((Path(idx["splits"]["test"]) / "ids.json").read_text()))
+    for f in (run / "splits" / "toy_fewshot").glob("*.json"):
+        split = json.loads(f.read_text())
+        assert not set(split["train"]) & set(split["val"]) and not (set(split["train"]) | set(split["val"])) & test_ids
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert all({"git_commit", "versions", "config_hash", "params"} <= set(r) for r in rows)
+    assert {r["shots"] for r in rows if r["dataset"] == "toy_fewshot"} == {0, 1, 2}
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert second.stdout.count("skipped") >= 10, second.stdout
