@@ -29,7 +29,8 @@ Options:
 A step is skipped when its executed notebook exists and its stamp (runs/<profile>/stamps/) matches
 a hash of its inputs: the notebook, the profile's parameter file, the extra -f files and options,
 and the stamps of the steps it depends on (the earlier steps of its dataset; 05 and 06 depend on
-all). Changes to the lare/ package or to downloaded data are not tracked: use --force after them.
+all), and the source of the lare/ package. Changes to downloaded data are not tracked: use --force
+after them.
 
 Notebooks run with the repository root as working directory; their papermill output goes to
 runs/<profile>/logs/. Environment: LARE_NO_SETUP=1 uses the python on PATH as it is, instead of setting up .venv the way
@@ -158,12 +159,15 @@ step_no=0
 n_run=0
 n_skipped=0
 
+# The library's source is part of every stamp: a change to lare/ re-runs the steps.
+lib_hash=$( (cat lare/*.py lare/model_configs/*.json 2>/dev/null || true) | sha)
+
 # step_hash NOTEBOOK PARAMS_FILE [PREVIOUS_STAMP...]
 step_hash() {
     local nb=$1 pfile=$2 f
     shift 2
     {
-        printf 'run_all.sh stamp v1\0profile %s\0' "$profile"
+        printf 'run_all.sh stamp v1\0profile %s\0lib %s\0' "$profile" "$lib_hash"
         for f in "$nb" "$pfile" ${user_files[@]+"${user_files[@]}"}; do
             printf 'file %s %s\0' "$f" "$(sha < "$f")"
         done

@@ -209,11 +209,13 @@ def _read_chunk(file: Path, expected_rows: int) -> torch.Tensor | None:
 
 def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, dataset: str, split: str,
                        label_names: Sequence[str], batch_size: int = 64, chunk_size: int = 1024,
-                       num_workers: int = 0, normalize: bool = True, progress: bool = True) -> EmbeddingSet:
+                       num_workers: int = 0, normalize: bool = True, progress: bool = True,
+                       loader=None) -> EmbeddingSet:
     """Embed ``items`` (see :class:`lare.datasets.Item`) into the cache, or load them if already there.
 
     Work is done in chunks of ``chunk_size`` items, each written atomically as soon as it is done;
     an interrupted extraction resumes at the first missing chunk and gives the same result.
+    ``loader`` (item -> PIL image) replaces opening ``item.path`` (e.g. CIFAR-100's arrays).
     """
     from .datasets import ImageFiles
 
@@ -235,10 +237,10 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
                desc=f"embed {dataset}/{split} with {encoder.model_name}")
     for c in todo:
         chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
-        loader = torch.utils.data.DataLoader(ImageFiles(chunk_items, encoder.preprocess), batch_size=batch_size,
+        pixel_batches = torch.utils.data.DataLoader(ImageFiles(chunk_items, encoder.preprocess, loader), batch_size=batch_size,
                                              num_workers=num_workers, pin_memory=encoder.device.type == "cuda")
         out = []
-        for pixels in loader:
+        for pixels in pixel_batches:
             out.append(encoder.encode_image_batch(pixels, normalize=normalize))
             bar.update(len(pixels))
         parts[c] = torch.cat(out)

@@ -23,23 +23,29 @@ class Item:
     domain: str = "photo"
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Decode and preprocess item images (runs in DataLoader workers, off the main thread)."""
+def open_image(item: Item) -> Image.Image:
+    """The default loader: decode the item's image file as RGB."""
+    try:
+        with Image.open(item.path) as im:
+            return im.convert("RGB")
+    except Exception as err:  # name the file: a bare PIL error does not say which one
+        raise ImageDecodeError(f"cannot decode image {item.path!r} (item {item.id!r}): {err}") from err
 
-    def __init__(self, items: Sequence[Item], preprocess: Callable):
-        self.items, self.preprocess = list(items), preprocess
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decode and preprocess item images (runs in DataLoader workers, off the main thread).
+
+    ``loader`` turns an item into a PIL image (default: open its file; CIFAR-100 reads arrays).
+    """
+
+    def __init__(self, items: Sequence[Item], preprocess: Callable, loader: Callable[[Item], Image.Image] | None = None):
+        self.items, self.preprocess, self.loader = list(items), preprocess, loader or open_image
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        item = self.items[i]
-        try:
-            with Image.open(item.path) as im:
-                image = im.convert("RGB")
-        except Exception as err:  # name the file: a bare PIL error does not say which one
-            raise ImageDecodeError(f"cannot decode image {item.path!r} (item {item.id!r}): {err}") from err
-        return self.preprocess(image)
+        return self.preprocess(self.loader(self.items[i]))
 
 
 class ImageDecodeError(RuntimeError):

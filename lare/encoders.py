@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .utils import hash_config, resolve_device
+from .utils import hash_config, resolve_device, sha256_file
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 TINY_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -97,19 +96,20 @@ def check_pretrained(model_name: str, pretrained: str | None) -> str | None:
     return pretrained
 
 
+_WEIGHT_HASHES: dict[tuple, str] = {}
+
+
 def weights_identity(pretrained: str) -> str:
-    """For a local checkpoint file: size, mtime and a hash of its first and last MiB, so new weights
-    saved under the same path never reuse old embeddings. For tags and hub ids: the name itself."""
+    """For a local checkpoint file: the sha256 of its content (remembered per path, size and
+    mtime within a process), so new weights saved under the same path never reuse old
+    embeddings. For tags and hub ids: the name itself."""
     if not pretrained or not os.path.isfile(pretrained):
         return str(pretrained)
     st = os.stat(pretrained)
-    h = hashlib.sha256()
-    with open(pretrained, "rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read())
-    return f"file:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
+    key = (os.path.realpath(pretrained), st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHT_HASHES:
+        _WEIGHT_HASHES[key] = sha256_file(pretrained)
+    return f"sha256:{_WEIGHT_HASHES[key]}"
 
 
 @dataclass
@@ -123,6 +123,9 @@ class Encoder:
     pretrained: str
     device: torch.device
     precision: str = "fp32"
+    # Fixed at load time: the architecture and weights this model was built from.
+    config_digest: str = "unknown"
+    weights_id: str = "none"
 
     @property
     def logit_scale(self) -> float:
@@ -136,12 +139,11 @@ class Encoder:
 
     def info(self) -> dict[str, Any]:
         """The fields that identify this encoder's embeddings (part of every cache manifest)."""
-        cfg = None if self.model_name.startswith("hf-hub:") else _open_clip().get_model_config(self.model_name)
-        return {"model": self.model_name, "pretrained": self.pretrained, "weights_id": weights_identity(self.pretrained),
-                "precision": self.precision,
-                "open_clip_version": _open_clip().__version__, "preprocessing": repr(self.preprocess),
+        return {"model": self.model_name, "pretrained": self.pretrained, "weights_id": self.weights_id,
+                "precision": self.precision, "open_clip_version": _open_clip().__version__,
+                "preprocessing": repr(self.preprocess),
                 # The architecture itself, so an edited config JSON under the same name is not reused.
-                "model_config_digest": hash_config(cfg) if cfg is not None else "hf-hub"}
+                "model_config_digest": self.config_digest}
 
     def autocast(self):
         if self.precision == "fp32":
@@ -194,9 +196,12 @@ def load_encoder(model: str, pretrained: str | None = "none", *, device: str | t
         net, _, preprocess = oc.create_model_and_transforms(name, pretrained=weights, device=dev,
                                                             cache_dir=cache_dir)
     net.eval()
+    cfg = None if name.startswith("hf-hub:") else oc.get_model_config(name)
     tokenizer = oc.get_tokenizer(weights if weights and weights.startswith("hf-hub:") else name)
     return Encoder(model=net, preprocess=preprocess, tokenizer=tokenizer, model_name=name,
-                   pretrained=str(pretrained if weights is not None else "none"), device=dev, precision=precision)
+                   pretrained=str(pretrained if weights is not None else "none"), device=dev, precision=precision,
+                   config_digest=hash_config(cfg) if cfg is not None else "hf-hub",
+                   weights_id=weights_identity(str(weights)) if weights is not None else "none")
 
 
 def encode_images(encoder: Encoder, images: torch.utils.data.Dataset | Iterable, *, batch_size: int = 64,

@@ -22,7 +22,7 @@ import torch
 
 from .cache import load_embeddings, save_embeddings
 from .methods import EmbeddingSplits
-from .splits import carve_validation, check_disjoint, kshot_subset, load_split, save_split
+from .splits import carve_validation, check_disjoint, kshot_subset
 from .synthetic import SyntheticSpec, make_synthetic
 from .utils import hash_config, write_json_atomic
 
@@ -35,19 +35,25 @@ class ParameterError(ValueError):
     """A bad notebook parameter, reported before any heavy work starts."""
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def check_common(*, seeds, shots, encoders: dict, source: str, val_fraction: float) -> None:
-    """Validate the parameters every notebook shares."""
+    """Validate the parameters every notebook shares; every problem is listed in one error."""
     problems = []
-    if not isinstance(seeds, (list, tuple)) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(_is_int(s) for s in seeds):
         problems.append(f"seeds must be a non-empty list of integers, got {seeds!r}")
-    if not isinstance(shots, (list, tuple)) or not shots or not all(isinstance(k, int) and k >= 0 for k in shots):
+    elif len(set(seeds)) != len(seeds):
+        problems.append(f"seeds must not repeat, got {seeds!r}")
+    if not isinstance(shots, (list, tuple)) or not shots or not all(_is_int(k) and k >= 0 for k in shots):
         problems.append(f"shots must be a non-empty list of integers >= 0 (0 = the full training set), got {shots!r}")
     if not isinstance(encoders, dict) or not encoders:
         problems.append(f"encoders must be a mapping such as {{coca: {{model: ..., pretrained: ...}}}}, got {encoders!r}")
     if source not in SOURCES:
         problems.append(f"source must be one of {SOURCES}, got {source!r}")
-    if not 0 < float(val_fraction) < 1:
-        problems.append(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        problems.append(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
     if problems:
         raise ParameterError("bad parameters:\n  - " + "\n  - ".join(problems))
 
@@ -102,20 +108,31 @@ def make_or_load_split(run_dir, dataset: str, train_ids: list[str], train_labels
     """The train / validation ids for (shots, seed), drawn once with a seeded generator and saved.
 
     Validation is carved from the training pool (never from a test set); with ``shots > 0`` the
-    k-shot subset is drawn from what remains, so validation never shrinks the k shots.
+    k-shot subset is drawn from what remains, so validation never shrinks the k shots. The saved
+    file records what it was drawn from (pool ids and labels, validation fraction); if that
+    changed, the split is drawn again rather than silently reused.
     """
     path = split_path(run_dir, dataset, shots, seed)
-    if path.is_file():
-        split = load_split(path)
+    key = split_key(train_ids, train_labels, shots=shots, seed=seed, val_fraction=val_fraction)
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved is not None and saved.get("key") == key:
+        split = {"train": saved["train"], "val": saved["val"]}
     else:
         train, val = carve_validation(train_ids, train_labels, val_fraction, seed)
         if shots > 0:
             label_of = dict(zip(train_ids, train_labels, strict=True))
             train = kshot_subset(train, [label_of[i] for i in train], shots, seed)
         split = {"train": train, "val": val}
-        save_split(path, **split)
+        check_disjoint(**split, **eval_ids)
+        write_json_atomic(path, {**split, "key": key})
     check_disjoint(**split, **eval_ids)
     return split
+
+
+def split_key(train_ids, train_labels, *, shots: int, seed: int, val_fraction: float) -> str:
+    """Identifies a split's inputs: the training pool (ids and labels) and the draw settings."""
+    return hash_config({"pool": hash_config([list(map(str, train_ids)), [int(y) for y in train_labels]]),
+                        "shots": shots, "seed": seed, "val_fraction": val_fraction})
 
 
 def encoder_splits(data: EncoderData, run_dir, dataset: str, *, shots: int, seed: int,
@@ -173,8 +190,12 @@ def read_byo(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"bring-your-own embeddings file {path} does not exist")
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except ValueError as err:  # object arrays need pickles, which we never load
+        raise ValueError(f"{path}: {err}. Store plain numeric and string arrays (no Python objects); "
+                         "class_names as a string array, e.g. np.array(names, dtype=str)") from err
     problems = [f"missing array {k!r} ({nd}-D)" for k, nd in BYO_REQUIRED.items() if k not in data]
     problems += [f"{k!r} must be {nd}-D, got shape {data[k].shape}" for k, nd in BYO_REQUIRED.items()
                  if k in data and data[k].ndim != nd]
@@ -185,11 +206,15 @@ def read_byo(path: str | Path) -> dict[str, np.ndarray]:
             problems.append(f"labels and split must have one entry per embedding ({n})")
         if data["class_text"].shape != (c, d):
             problems.append(f"class_text must be (num classes, d) = ({c}, {d}), got {data['class_text'].shape}")
-        if len(data["labels"]) and (data["labels"].min() < 0 or data["labels"].max() >= c):
+        if not np.issubdtype(data["labels"].dtype, np.integer):
+            problems.append(f"labels must be integers, got dtype {data['labels'].dtype}")
+        elif len(data["labels"]) and (data["labels"].min() < 0 or data["labels"].max() >= c):
             problems.append(f"labels must lie in [0, {c})")
         bad = set(map(str, np.unique(data["split"]))) - {"train", "test", "ood"}
         if bad or "train" not in set(map(str, data["split"])):
             problems.append(f"split values must be train / test / ood (train required), found {sorted(bad)}")
+        if ("source_text" in data) != ("target_text" in data):
+            problems.append("source_text and target_text (LADS prompts) must be given together")
         for k in ("source_text", "target_text"):
             if k in data and data[k].shape != (c, d):
                 problems.append(f"{k} must be ({c}, {d}), got {data[k].shape}")
@@ -335,12 +360,14 @@ def train_all_boxes(run_dir, dataset: str, *, encoders: list[str], shots: list[i
     for enc, k, seed in tqdm(units, desc="f_Box runs", disable=not progress):
         cfg = BoxConfig(**{**box, "seed": seed})
         path = box_path(run_dir, dataset, enc, k, seed)
-        want = hash_config({"box": cfg.to_dict(), "val_fraction": val_fraction})
+        data = load_encoder_data(run_dir, dataset, enc)
+        s = encoder_splits(data, run_dir, dataset, shots=k, seed=seed, val_fraction=val_fraction)
+        # Reuse a checkpoint only if it was trained with these settings, embeddings and split.
+        want = hash_config({"box": cfg.to_dict(), "val_fraction": val_fraction, "index": data.index,
+                            "split": json.loads(split_path(run_dir, dataset, k, seed).read_text())["key"]})
         if path.is_file() and json.loads(path.with_suffix(".json").read_text()).get("config_hash") == want:
             done.append(path)
             continue
-        data = load_encoder_data(run_dir, dataset, enc)
-        s = encoder_splits(data, run_dir, dataset, shots=k, seed=seed, val_fraction=val_fraction)
         res = train_box(s.train_x, s.train_y, s.class_text, cfg, val_x=s.val_x, val_y=s.val_y, device=device,
                         progress=False)
         save_box(res, path, extra={"config_hash": want, "encoder": enc, "shots": k, "seed": seed,

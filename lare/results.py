@@ -173,6 +173,14 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters (a bare % or _ in a caption breaks the document)."""
+    out = text.replace("\\", r"\textbackslash{}")
+    for ch in "&%$#_{}":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("~", r"\textasciitilde{}").replace("^", r"\textasciicircum{}")
+
+
 def write_table1(t: pd.DataFrame, folder: str | Path, *, title: str) -> dict[str, Path]:
     """Table 1 as CSV (numbers), Markdown and LaTeX (formatted), under ``folder``."""
     folder = Path(folder)
@@ -181,7 +189,7 @@ def write_table1(t: pd.DataFrame, folder: str | Path, *, title: str) -> dict[str
     write_csv(t, paths["csv"])
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text(f"**{title}**\n\n" + markdown_table(shown) + "\n")
-    latex = shown.to_latex(index=False, caption=title, label="tab:table1").replace("±", r"$\pm$")
+    latex = shown.to_latex(index=False, caption=latex_escape(title), label="tab:table1").replace("±", r"$\pm$")
     with atomic_path(paths["tex"]) as tmp:
         tmp.write_text(latex)
     return paths

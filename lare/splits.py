@@ -31,6 +31,8 @@ def carve_validation(ids: Sequence[str], labels: Sequence[int], fraction: float,
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must lie in (0, 1), got {fraction}")
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
     g = make_generator(seed)
     train, val = [], []
     for _c, pos in sorted(_by_class(labels).items()):
@@ -45,7 +47,11 @@ def kshot_subset(ids: Sequence[str], labels: Sequence[int], shots: int, seed: in
     """``shots`` ids per class drawn without replacement; ``shots <= 0`` means the whole pool."""
     if shots <= 0:
         return sorted(ids)
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
     groups = _by_class(labels)
+    if not groups:
+        raise ValueError("cannot draw a k-shot subset from an empty training pool")
     smallest = min(len(p) for p in groups.values())
     if shots > smallest:
         raise ValueError(f"{shots} shots per class asked, but the smallest class has only {smallest} items")

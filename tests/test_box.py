@@ -168,8 +168,6 @@ def test_box_config_rejects_bad_values(kwargs):
         BoxConfig(**kwargs)
 
 
-@pytest.mark.xfail(reason="lare bug (minor): BoxConfig accepts hidden < 1, non-integer epochs/seed and NaN scale; "
-                          "they fail only later inside train_box (RuntimeError/TypeError) or train on NaN losses")
 @pytest.mark.parametrize("kwargs", [dict(hidden=-3), dict(epochs=2.5), dict(seed=1.5), dict(scale=float("nan"))])
 def test_box_config_rejects_values_that_fail_later(kwargs):
     with pytest.raises((ValueError, TypeError)):

@@ -157,8 +157,6 @@ def test_edited_config_changes_digest_and_architecture(tmp_path):
     assert enc.info()["model_config_digest"] != _fresh("lare-tiny-clip").info()["model_config_digest"]
 
 
-@pytest.mark.xfail(strict=True, reason="lare bug: register_model_configs skips a path that is already registered, so after "
-                                       "a/lare-dup.json then b/lare-dup.json, loading a/lare-dup.json again builds b's architecture")
 def test_same_stem_in_two_folders_loads_the_file_asked_for(tmp_path):
     cfg = json.loads((TINY_CONFIG_DIR / "lare-tiny-clip.json").read_text())
     (tmp_path / "a").mkdir()
@@ -171,8 +169,6 @@ def test_same_stem_in_two_folders_loads_the_file_asked_for(tmp_path):
     assert load_encoder(str(a), "none", device="cpu").embed_dim == 16
 
 
-@pytest.mark.xfail(strict=True, reason="lare bug: a config JSON edited in place is not re-read in the same process "
-                                       "(register_model_configs skips known paths), so the old architecture is built")
 def test_config_edited_in_place_is_reread(tmp_path):
     cfg = json.loads((TINY_CONFIG_DIR / "lare-tiny-clip.json").read_text())
     path = tmp_path / "lare-edited.json"
@@ -234,8 +230,6 @@ def test_local_checkpoint_file(tmp_path, name):
     assert not torch.allclose(_fresh(name).encode_image_batch(pixels), saved.encode_image_batch(pixels))
 
 
-@pytest.mark.xfail(strict=True, reason="lare design gap: for a local checkpoint, info()['pretrained'] is only the path, so "
-                                       "new weights saved under the same path give the same cache key and stale embeddings are reused")
 def test_overwritten_checkpoint_changes_info(tmp_path):
     ckpt = tmp_path / "x.pt"
     torch.save(_fresh("lare-tiny-clip").model.state_dict(), ckpt)
