@@ -154,6 +154,12 @@ if ! python -c 'from jupyter_client.kernelspec import KernelSpecManager as M; M(
     fi
 fi
 
+# --- preflight: parameters, datasets and encoders, all problems at once, before any work --------
+if [ -f lare/preflight.py ]; then
+    say "preflight: checking parameters, datasets and encoders"
+    python -m lare.preflight --profile "$profile" ${extra[@]+"${extra[@]}"} || exit 1
+fi
+
 # --- one step ----------------------------------------------------------------------------------
 step_no=0
 n_run=0

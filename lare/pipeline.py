@@ -253,7 +253,7 @@ def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path) 
 def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, pretrained: str,
                  items: dict[str, list], class_names: list[str], templates: list[str],
                  domain_templates: dict[str, list[str]] | None = None, precision: str = "fp32",
-                 batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True) -> Path:
+                 batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None) -> Path:
     """Embed real images with an open_clip model into the cache (resumable) and index them.
 
     ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
@@ -262,11 +262,13 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
     from .cache import cached_class_text, extract_embeddings
     from .encoders import load_encoder
 
+    if precision == "auto":  # mixed precision where it pays; the choice is recorded in the manifest
+        precision = "bf16" if torch.device(device or "cpu").type == "cuda" else "fp32"
     enc = load_encoder(model, pretrained, device=device, precision=precision)
     splits = {}
     for split, its in items.items():
         es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=dataset, split=split, label_names=class_names,
-                                batch_size=batch_size, num_workers=num_workers, progress=progress)
+                                batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader)
         splits[split] = str(es.path)
 
     def text(purpose, temps):
@@ -291,6 +293,13 @@ def resolve(path: str | Path) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def data_root_from(param: str) -> str:
+    """The data root: the parameter, unless it is the default "data" and LARE_DATA_ROOT is set."""
+    import os
+
+    return os.environ.get("LARE_DATA_ROOT", param) if param == "data" else param
+
+
 def pick_device(device: str) -> torch.device:
     from .utils import resolve_device
 
@@ -299,8 +308,13 @@ def pick_device(device: str) -> torch.device:
 
 def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str, source: str, with_domains: bool,
             synthetic: dict, byo: dict, templates, domain_templates, precision: str, batch_size: int, device,
-            progress: bool) -> Path:
-    """Notebook 01 for one encoder: dispatch on ``source``."""
+            progress: bool, download: bool = True, num_workers: int = 0) -> Path:
+    """Notebook 01 for one encoder: dispatch on ``source``.
+
+    With ``source="images"``, ``dataset`` is a protocol dataset of :mod:`lare.sources` (``cub``:
+    CUB-200-2011 train / test photos and CUB-200-Paintings as ``ood``; ``cifar100``), or any folder
+    ``<data_root>/<dataset>/{train,test[,ood]}/<NNN.Class_Name>/*.jpg`` (``toy*`` ones are generated).
+    """
     if source == "synthetic":
         if "noise" not in enc:
             raise ParameterError(f"encoder {name!r}: the synthetic source needs a 'noise' level (e.g. 0.6)")
@@ -311,20 +325,27 @@ def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str
             raise ParameterError(f"source 'byo' needs a .npz path for encoder {name!r} in the 'byo' mapping")
         return write_byo(run_dir, cache_dir, dataset, name, resolve(byo[name]))
     from .datasets import imagefolder_items, make_toy_images
+    from .sources import PROTOCOL_SOURCES, load_protocol
 
-    root = Path(data_root) / dataset
-    if dataset.startswith("toy"):
-        make_toy_images(root)
-    items, class_names = {}, None
-    for split in ("train", "test", "ood") if with_domains else ("train", "test"):
-        items[split], names = imagefolder_items(root, split, domain="painting" if split == "ood" else "photo")
-        if class_names is not None and names != class_names:
-            raise ValueError(f"{root / split} has other classes than {root / 'train'}")
-        class_names = names
+    loader = None
+    if dataset in PROTOCOL_SOURCES:
+        items, class_names, loader = load_protocol(dataset, data_root, allow_download=download)
+        if not with_domains:
+            items.pop("ood", None)
+    else:
+        root = Path(data_root) / dataset
+        if dataset.startswith("toy"):
+            make_toy_images(root)
+        items, class_names = {}, None
+        for split in ("train", "test", "ood") if with_domains else ("train", "test"):
+            items[split], names = imagefolder_items(root, split, domain="painting" if split == "ood" else "photo")
+            if class_names is not None and names != class_names:
+                raise ValueError(f"{root / split} has other classes than {root / 'train'}")
+            class_names = names
     return write_images(run_dir, cache_dir, dataset, name, model=enc["model"], pretrained=enc.get("pretrained", "none"),
                         items=items, class_names=class_names, templates=templates,
                         domain_templates=domain_templates if with_domains else None, precision=precision,
-                        batch_size=batch_size, device=device, progress=progress)
+                        batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, loader=loader)
 
 
 def summary(run_dir, dataset: str, encoders: list[str]):
