@@ -207,6 +207,67 @@ def _read_chunk(file: Path, expected_rows: int) -> torch.Tensor | None:
     return emb if len(emb) == expected_rows else None
 
 
+def _dist() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class _ChunkBatches(torch.utils.data.Sampler):
+    """Batches of item indices that never cross a chunk boundary, chunk after chunk.
+
+    Batches are then the same whichever process embeds a chunk, so a sharded extraction gives
+    exactly the embeddings of a single process.
+    """
+
+    def __init__(self, chunks: list[int], n: int, chunk_size: int, batch_size: int):
+        self.plan = []  # (chunk, is the last batch of its chunk, indices)
+        for c in chunks:
+            lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+            starts = list(range(lo, hi, batch_size))
+            self.plan += [(c, s == starts[-1], list(range(s, min(hi, s + batch_size)))) for s in starts]
+
+    def __iter__(self):
+        return (idx for _, _, idx in self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+
+def embed_chunks(encoder, items: Sequence, chunks: list[int], path: Path, *, chunk_size: int, batch_size: int,
+                 num_workers: int, normalize: bool, loader=None, bar=None) -> None:
+    """Embed the given chunks with one DataLoader (decoding in workers) and write each chunk
+    file as soon as it is complete; nothing but the current chunk is held in memory."""
+    from .datasets import ImageFiles
+
+    if not chunks:
+        return
+    sampler = _ChunkBatches(chunks, len(items), chunk_size, batch_size)
+    batches = torch.utils.data.DataLoader(
+        ImageFiles(items, encoder.preprocess, loader), batch_sampler=sampler, num_workers=num_workers,
+        pin_memory=encoder.device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None)
+    out: list[torch.Tensor] = []
+    for (c, last, _), pixels in zip(sampler.plan, batches, strict=True):
+        out.append(encoder.encode_image_batch(pixels, normalize=normalize))
+        if bar is not None:
+            bar.update(len(pixels))
+        if last:
+            with atomic_path(_chunk_path(path, c, chunk_size)) as tmp:
+                save_file({"embeddings": torch.cat(out).contiguous()}, str(tmp))
+            out = []
+
+
 def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, dataset: str, split: str,
                        label_names: Sequence[str], batch_size: int = 64, chunk_size: int = 1024,
                        num_workers: int = 0, normalize: bool = True, progress: bool = True,
@@ -216,11 +277,14 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
     Work is done in chunks of ``chunk_size`` items, each written atomically as soon as it is done;
     an interrupted extraction resumes at the first missing chunk and gives the same result.
     ``loader`` (item -> PIL image) replaces opening ``item.path`` (e.g. CIFAR-100's arrays).
-    """
-    from .datasets import ImageFiles
 
+    Under ``torchrun`` (an initialised torch.distributed group), rank r embeds the missing chunks
+    c with ``c % world_size == r`` and writes its own chunk files; rank 0 then assembles the one
+    entry (one manifest) and every rank returns it. The embeddings equal a single-process run.
+    """
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("chunk_size and batch_size must be >= 1")
+    rank, world = _dist()
     ids = [it.id for it in items]
     manifest = make_manifest(encoder.info(), dataset=dataset, split=split, ids=ids, label_names=label_names,
                              normalize=normalize)
@@ -230,27 +294,24 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
 
     n = len(items)
     n_chunks = (n + chunk_size - 1) // chunk_size
-    parts: list[torch.Tensor | None] = [_read_chunk(_chunk_path(path, c, chunk_size), min(chunk_size, n - c * chunk_size))
-                                        for c in range(n_chunks)]
-    todo = [c for c in range(n_chunks) if parts[c] is None]
-    bar = tqdm(total=sum(min(chunk_size, n - c * chunk_size) for c in todo), disable=not progress, unit="img",
-               desc=f"embed {dataset}/{split} with {encoder.model_name}")
-    for c in todo:
-        chunk_items = items[c * chunk_size:(c + 1) * chunk_size]
-        pixel_batches = torch.utils.data.DataLoader(ImageFiles(chunk_items, encoder.preprocess, loader), batch_size=batch_size,
-                                             num_workers=num_workers, pin_memory=encoder.device.type == "cuda")
-        out = []
-        for pixels in pixel_batches:
-            out.append(encoder.encode_image_batch(pixels, normalize=normalize))
-            bar.update(len(pixels))
-        parts[c] = torch.cat(out)
-        with atomic_path(_chunk_path(path, c, chunk_size)) as tmp:
-            save_file({"embeddings": parts[c].contiguous()}, str(tmp))
-    bar.close()
-    labels = torch.tensor([it.label for it in items], dtype=torch.long)
-    result = save_embeddings(path, manifest, torch.cat(parts) if parts else torch.empty(0, 0), labels, ids)
-    shutil.rmtree(path / "chunks", ignore_errors=True)
-    return result
+    rows = [min(chunk_size, n - c * chunk_size) for c in range(n_chunks)]
+    todo = [c for c in range(n_chunks) if _read_chunk(_chunk_path(path, c, chunk_size), rows[c]) is None]
+    mine = [c for c in todo if c % world == rank]
+    desc = f"embed {dataset}/{split} with {encoder.model_name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+    with tqdm(total=sum(rows[c] for c in mine), disable=not progress, unit="img", desc=desc) as bar:
+        embed_chunks(encoder, items, mine, path, chunk_size=chunk_size, batch_size=batch_size,
+                     num_workers=num_workers, normalize=normalize, loader=loader, bar=bar)
+    _barrier()
+    if rank == 0:
+        parts = [_read_chunk(_chunk_path(path, c, chunk_size), rows[c]) for c in range(n_chunks)]
+        missing = [c for c, p in enumerate(parts) if p is None]
+        if missing:
+            raise CacheCorruptError(f"chunks {missing[:5]} of {path} are missing after extraction; run it again")
+        labels = torch.tensor([it.label for it in items], dtype=torch.long)
+        save_embeddings(path, manifest, torch.cat(parts) if parts else torch.empty(0, 0), labels, ids)
+        shutil.rmtree(path / "chunks", ignore_errors=True)
+    _barrier()
+    return load_embeddings(path, manifest)
 
 
 # ---------------------------------------------------------------- class text embeddings

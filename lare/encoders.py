@@ -187,14 +187,11 @@ def load_encoder(model: str, pretrained: str | None = "none", *, device: str | t
     oc = _open_clip()
     name = resolve_model_name(model)
     weights = check_pretrained(name, pretrained)
-    if name.startswith("hf-hub:"):
-        net, _, preprocess = oc.create_model_and_transforms(name, device=dev, cache_dir=cache_dir)
-    elif weights is not None and weights.startswith("hf-hub:"):
-        # A hub repository carries its own config; it must be the architecture that was asked for.
-        net, _, preprocess = oc.create_model_and_transforms(weights, device=dev, cache_dir=cache_dir)
-    else:
-        net, _, preprocess = oc.create_model_and_transforms(name, pretrained=weights, device=dev,
-                                                            cache_dir=cache_dir)
+    # Random weights ('none') come from a fixed seed, so "none" always means the same model: the
+    # cache key stays honest and every process of a sharded extraction builds the same network.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net, preprocess = _create(oc, name, weights, dev, cache_dir)
     net.eval()
     cfg = None if name.startswith("hf-hub:") else oc.get_model_config(name)
     tokenizer = oc.get_tokenizer(weights if weights and weights.startswith("hf-hub:") else name)
@@ -202,6 +199,17 @@ def load_encoder(model: str, pretrained: str | None = "none", *, device: str | t
                    pretrained=str(pretrained if weights is not None else "none"), device=dev, precision=precision,
                    config_digest=hash_config(cfg) if cfg is not None else "hf-hub",
                    weights_id=weights_identity(str(weights)) if weights is not None else "none")
+
+
+def _create(oc, name: str, weights: str | None, dev: torch.device, cache_dir: str | None):
+    if name.startswith("hf-hub:"):
+        net, _, preprocess = oc.create_model_and_transforms(name, device=dev, cache_dir=cache_dir)
+    elif weights is not None and weights.startswith("hf-hub:"):
+        # A hub repository carries its own config; it must be the architecture that was asked for.
+        net, _, preprocess = oc.create_model_and_transforms(weights, device=dev, cache_dir=cache_dir)
+    else:
+        net, _, preprocess = oc.create_model_and_transforms(name, pretrained=weights, device=dev, cache_dir=cache_dir)
+    return net, preprocess
 
 
 def encode_images(encoder: Encoder, images: torch.utils.data.Dataset | Iterable, *, batch_size: int = 64,

@@ -253,7 +253,8 @@ def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path) 
 def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, pretrained: str,
                  items: dict[str, list], class_names: list[str], templates: list[str],
                  domain_templates: dict[str, list[str]] | None = None, precision: str = "fp32",
-                 batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None) -> Path:
+                 batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None,
+                 chunk_size: int = 1024) -> Path:
     """Embed real images with an open_clip model into the cache (resumable) and index them.
 
     ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
@@ -268,18 +269,24 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
     splits = {}
     for split, its in items.items():
         es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=dataset, split=split, label_names=class_names,
-                                batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader)
+                                batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader,
+                                chunk_size=chunk_size)
         splits[split] = str(es.path)
+
+    from .cache import _barrier, _dist, entry_dir, text_manifest
 
     def text(purpose, temps):
         cached_class_text(enc, class_names, temps, cache_dir=cache_dir, purpose=purpose)
-        from .cache import entry_dir, text_manifest
         return str(entry_dir(cache_dir, text_manifest(enc.info(), class_names=class_names, templates=temps, purpose=purpose)))
 
-    class_text = text("class", list(templates))
-    extra = {k: text(k, list(v)) for k, v in (domain_templates or {}).items()}
-    return write_index(run_dir, dataset, encoder, splits=splits, class_text=class_text, class_names=list(class_names),
-                       extra_text=extra, info={"source": "images", **enc.info()})
+    path = index_path(run_dir, dataset, encoder)
+    if _dist()[0] == 0:  # text embeddings and the index are small: one process writes them
+        class_text = text("class", list(templates))
+        extra = {k: text(k, list(v)) for k, v in (domain_templates or {}).items()}
+        path = write_index(run_dir, dataset, encoder, splits=splits, class_text=class_text,
+                           class_names=list(class_names), extra_text=extra, info={"source": "images", **enc.info()})
+    _barrier()
+    return path
 
 
 # ---------------------------------------------------------------- notebook helpers
@@ -308,7 +315,7 @@ def pick_device(device: str) -> torch.device:
 
 def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str, source: str, with_domains: bool,
             synthetic: dict, byo: dict, templates, domain_templates, precision: str, batch_size: int, device,
-            progress: bool, download: bool = True, num_workers: int = 0) -> Path:
+            progress: bool, download: bool = True, num_workers: int = 0, chunk_size: int = 1024) -> Path:
     """Notebook 01 for one encoder: dispatch on ``source``.
 
     With ``source="images"``, ``dataset`` is a protocol dataset of :mod:`lare.sources` (``cub``:
@@ -324,9 +331,17 @@ def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str
         if name not in byo:
             raise ParameterError(f"source 'byo' needs a .npz path for encoder {name!r} in the 'byo' mapping")
         return write_byo(run_dir, cache_dir, dataset, name, resolve(byo[name]))
+    from .cache import _barrier, _dist
     from .datasets import imagefolder_items, make_toy_images
     from .sources import PROTOCOL_SOURCES, load_protocol
 
+    if _dist()[1] > 1:  # under torchrun: rank 0 downloads / extracts / generates first, alone
+        if _dist()[0] == 0:
+            if dataset in PROTOCOL_SOURCES:
+                load_protocol(dataset, data_root, allow_download=download)
+            elif dataset.startswith("toy"):
+                make_toy_images(Path(data_root) / dataset)
+        _barrier()
     loader = None
     if dataset in PROTOCOL_SOURCES:
         items, class_names, loader = load_protocol(dataset, data_root, allow_download=download)
@@ -345,7 +360,8 @@ def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str
     return write_images(run_dir, cache_dir, dataset, name, model=enc["model"], pretrained=enc.get("pretrained", "none"),
                         items=items, class_names=class_names, templates=templates,
                         domain_templates=domain_templates if with_domains else None, precision=precision,
-                        batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, loader=loader)
+                        batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, loader=loader,
+                        chunk_size=chunk_size)
 
 
 def summary(run_dir, dataset: str, encoders: list[str]):
