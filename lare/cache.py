@@ -49,6 +49,27 @@ class CacheCorruptError(RuntimeError):
     """A cache entry whose files fail their checksum or cannot be read."""
 
 
+class CacheWriteError(OSError):
+    """The cache folder cannot be written (read-only, full); nothing half-written is left."""
+
+
+def _writing(path: Path):
+    """Turn an OSError while writing cache files into an error that says what to do."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except CacheWriteError:
+            raise
+        except OSError as err:
+            raise CacheWriteError(err.errno, f"cannot write to the cache folder {path} ({err.strerror or err}): is it "
+                                  "read-only or full? Free space, fix the permissions or choose another cache_dir. "
+                                  "Nothing half-written was left; finished chunks are kept") from err
+    return guard()
+
+
 def ids_digest(ids: Sequence[str]) -> str:
     """sha256 of the ordered ids: any change of membership or order changes it."""
     if len(set(ids)) != len(ids):
@@ -126,17 +147,18 @@ def save_embeddings(path: str | Path, manifest: dict[str, Any], embeddings: torc
         raise ValueError(f"{len(embeddings)} embeddings, {len(labels)} labels and {len(ids)} ids must agree")
     if manifest.get("n_items") not in (None, len(ids)) or manifest.get("ids_digest") not in (None, ids_digest(ids)):
         raise ValueError("the manifest does not describe these ids (n_items or ids_digest differ)")
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "complete.json").unlink(missing_ok=True)
-    write_json_atomic(path / "manifest.json", manifest)
-    write_json_atomic(path / "ids.json", list(ids))
     tensors = {"embeddings": embeddings.detach().float().contiguous().cpu(),
                "labels": labels.detach().long().contiguous().cpu()}
-    with atomic_path(path / "embeddings.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json_atomic(path / "complete.json", {"sha256": sha256_file(path / "embeddings.safetensors"),
-                                               "n": len(ids), "dim": int(embeddings.shape[1]),
-                                               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    with _writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "complete.json").unlink(missing_ok=True)
+        write_json_atomic(path / "manifest.json", manifest)
+        write_json_atomic(path / "ids.json", list(ids))
+        with atomic_path(path / "embeddings.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        write_json_atomic(path / "complete.json", {"sha256": sha256_file(path / "embeddings.safetensors"),
+                                                   "n": len(ids), "dim": int(embeddings.shape[1]),
+                                                   "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return EmbeddingSet(tensors["embeddings"], tensors["labels"], list(ids), manifest, path)
 
 
@@ -186,8 +208,9 @@ def open_entry(cache_dir: str | Path, manifest: dict[str, Any]) -> Path:
             raise CacheMismatchError(f"the cache folder {path} holds other embeddings: {_describe(diff, found, manifest)}. "
                                      "Delete that folder to re-extract.")
     else:
-        path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(mfile, manifest)
+        with _writing(path):
+            path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(mfile, manifest)
     return path
 
 
@@ -263,7 +286,7 @@ def embed_chunks(encoder, items: Sequence, chunks: list[int], path: Path, *, chu
         if bar is not None:
             bar.update(len(pixels))
         if last:
-            with atomic_path(_chunk_path(path, c, chunk_size)) as tmp:
+            with _writing(path), atomic_path(_chunk_path(path, c, chunk_size)) as tmp:
                 save_file({"embeddings": torch.cat(out).contiguous()}, str(tmp))
             out = []
 
@@ -271,7 +294,7 @@ def embed_chunks(encoder, items: Sequence, chunks: list[int], path: Path, *, chu
 def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, dataset: str, split: str,
                        label_names: Sequence[str], batch_size: int = 64, chunk_size: int = 1024,
                        num_workers: int = 0, normalize: bool = True, progress: bool = True,
-                       loader=None) -> EmbeddingSet:
+                       loader=None, repair: bool = False) -> EmbeddingSet:
     """Embed ``items`` (see :class:`lare.datasets.Item`) into the cache, or load them if already there.
 
     Work is done in chunks of ``chunk_size`` items, each written atomically as soon as it is done;
@@ -281,6 +304,9 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
     Under ``torchrun`` (an initialised torch.distributed group), rank r embeds the missing chunks
     c with ``c % world_size == r`` and writes its own chunk files; rank 0 then assembles the one
     entry (one manifest) and every rank returns it. The embeddings equal a single-process run.
+
+    A complete entry that fails its checksum raises :class:`CacheCorruptError`; with
+    ``repair=True`` its files are deleted and the split is extracted again.
     """
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("chunk_size and batch_size must be >= 1")
@@ -290,7 +316,15 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
                              normalize=normalize)
     path = open_entry(cache_dir, manifest)
     if is_complete(path):
-        return load_embeddings(path, manifest)
+        try:
+            return load_embeddings(path, manifest)
+        except CacheCorruptError:
+            if not repair:
+                raise
+            if rank == 0:
+                for name in ("complete.json", "embeddings.safetensors", "ids.json"):
+                    (path / name).unlink(missing_ok=True)
+            _barrier()
 
     n = len(items)
     n_chunks = (n + chunk_size - 1) // chunk_size

@@ -89,12 +89,23 @@ class EncoderData:
     extra_text: dict[str, torch.Tensor]
 
 
+_LOADED: dict[tuple, EncoderData] = {}
+
+
 def load_encoder_data(run_dir, dataset: str, encoder: str) -> EncoderData:
+    """One encoder's embeddings for a dataset, read (and checksum-verified) once per process:
+    complete cache entries never change, and a rewritten index has another mtime."""
+    path = index_path(run_dir, dataset, encoder)
+    key = (str(path), path.stat().st_mtime_ns) if path.is_file() else None
+    if key in _LOADED:
+        return _LOADED[key]
     idx = read_index(run_dir, dataset, encoder)
     sets = {name: load_embeddings(p) for name, p in idx["splits"].items()}
     class_text = load_embeddings(idx["class_text"]).embeddings
     extra = {k: load_embeddings(p).embeddings for k, p in idx["extra_text"].items()}
-    return EncoderData(idx, sets, class_text, extra)
+    _LOADED.clear()  # keep one dataset's tensors at a time
+    _LOADED[key] = EncoderData(idx, sets, class_text, extra)
+    return _LOADED[key]
 
 
 # ---------------------------------------------------------------- splits per (shots, seed)
@@ -133,6 +144,19 @@ def split_key(train_ids, train_labels, *, shots: int, seed: int, val_fraction: f
     """Identifies a split's inputs: the training pool (ids and labels) and the draw settings."""
     return hash_config({"pool": hash_config([list(map(str, train_ids)), [int(y) for y in train_labels]]),
                         "shots": shots, "seed": seed, "val_fraction": val_fraction})
+
+
+def check_shots(data: EncoderData, shots: list[int], val_fraction: float) -> None:
+    """Refuse, before any training, shot counts the training pool cannot give after the
+    validation carve (the smallest class decides)."""
+    counts = torch.bincount(data.sets["train"].labels)
+    counts = counts[counts > 0]
+    smallest = int(counts.min())
+    left = smallest - min(smallest - 1, max(1 if smallest > 1 else 0, round(val_fraction * smallest)))
+    too_many = [k for k in shots if k > left]
+    if too_many:
+        raise ParameterError(f"shots {too_many} exceed what the smallest class offers: it has {smallest} training "
+                             f"items, {left} after carving validation (val_fraction {val_fraction}); use shots <= {left}")
 
 
 def encoder_splits(data: EncoderData, run_dir, dataset: str, *, shots: int, seed: int,
@@ -254,7 +278,7 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
                  items: dict[str, list], class_names: list[str], templates: list[str],
                  domain_templates: dict[str, list[str]] | None = None, precision: str = "fp32",
                  batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None,
-                 chunk_size: int = 1024) -> Path:
+                 chunk_size: int = 1024, repair: bool = False) -> Path:
     """Embed real images with an open_clip model into the cache (resumable) and index them.
 
     ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
@@ -270,7 +294,7 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
     for split, its in items.items():
         es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=dataset, split=split, label_names=class_names,
                                 batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, repair=repair)
         splits[split] = str(es.path)
 
     from .cache import _barrier, _dist, entry_dir, text_manifest
@@ -315,7 +339,8 @@ def pick_device(device: str) -> torch.device:
 
 def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str, source: str, with_domains: bool,
             synthetic: dict, byo: dict, templates, domain_templates, precision: str, batch_size: int, device,
-            progress: bool, download: bool = True, num_workers: int = 0, chunk_size: int = 1024) -> Path:
+            progress: bool, download: bool = True, num_workers: int = 0, chunk_size: int = 1024,
+            repair_cache: bool = False) -> Path:
     """Notebook 01 for one encoder: dispatch on ``source``.
 
     With ``source="images"``, ``dataset`` is a protocol dataset of :mod:`lare.sources` (``cub``:
@@ -361,7 +386,7 @@ def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str
                         items=items, class_names=class_names, templates=templates,
                         domain_templates=domain_templates if with_domains else None, precision=precision,
                         batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, loader=loader,
-                        chunk_size=chunk_size)
+                        chunk_size=chunk_size, repair=repair_cache)
 
 
 def summary(run_dir, dataset: str, encoders: list[str]):
@@ -392,6 +417,8 @@ def train_all_boxes(run_dir, dataset: str, *, encoders: list[str], shots: list[i
     from .box import BoxConfig, save_box, train_box
 
     BoxConfig(**box)  # reject bad settings before any work
+    for enc in encoders:
+        check_shots(load_encoder_data(run_dir, dataset, enc), shots, val_fraction)
     done = []
     units = [(e, k, s) for e in encoders for k in shots for s in seeds]
     for enc, k, seed in tqdm(units, desc="f_Box runs", disable=not progress):
@@ -474,6 +501,8 @@ def run_baselines(run_dir, dataset: str, *, encoders, lads_encoders, shots, seed
 
     ProbeConfig(**probe)
     LADSConfig(**lads)
+    for enc in encoders:
+        check_shots(load_encoder_data(run_dir, dataset, enc), shots, val_fraction)
     rows = []
     units = [(e, k, s) for e in encoders for k in shots for s in seeds]
     for enc, k, seed in tqdm(units, desc="baselines", disable=not progress):

@@ -22,13 +22,34 @@ from .pipeline import ParameterError, check_common, data_root_from, project_root
 NOTEBOOK_WITH_ALL_PARAMETERS = "01_extract_embeddings.ipynb"
 
 
-def notebook_defaults(path: Path | None = None) -> dict:
-    """The literal defaults of the notebooks' `parameters` cell."""
+def _parameters_cell(path: Path | None = None) -> list[ast.AnnAssign]:
     import nbformat
 
     nb = nbformat.read(path or project_root() / "notebooks" / NOTEBOOK_WITH_ALL_PARAMETERS, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)}
+    return [n for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)]
+
+
+def notebook_defaults(path: Path | None = None) -> dict:
+    """The literal defaults of the notebooks' `parameters` cell."""
+    return {n.target.id: ast.literal_eval(n.value) for n in _parameters_cell(path)}
+
+
+TYPES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (float, int), "list": (list,), "dict": (dict,)}
+
+
+def type_problems(values: dict) -> list[str]:
+    """Values whose type differs from the parameter's annotation (e.g. ``-p seeds 3``)."""
+    out = []
+    for node in _parameters_cell():
+        name, want = node.target.id, ast.unparse(node.annotation)
+        if name not in values or want not in TYPES:
+            continue
+        v = values[name]
+        ok = isinstance(v, TYPES[want]) and not (want in ("int", "float") and isinstance(v, bool))
+        if not ok:
+            out.append(f"parameter {name!r} must be a {want}, got {v!r} ({type(v).__name__})")
+    return out
 
 
 def unknown_names(params_file: Path, extra: list[tuple[str, ...]]) -> list[str]:
@@ -103,7 +124,7 @@ def check(values: dict) -> list[str]:
     from .methods import SamplingConfig
     from .probe import ProbeConfig
 
-    problems = []
+    problems = type_problems(values)
     try:
         check_common(seeds=values.get("seeds"), shots=values.get("shots"), encoders=values.get("encoders"),
                      source=values.get("source"), val_fraction=values.get("val_fraction"))
