@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ class EmbeddingSet:
     ids: list[str]
     manifest: dict[str, Any]
     path: Path | None = None
+    skipped: list[str] = field(default_factory=list)  # ids left out: images that do not decode
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -132,7 +133,7 @@ class EmbeddingSet:
             raise KeyError(f"{len(missing)} ids not in {self.manifest.get('dataset')}/{self.manifest.get('split')}, "
                            f"e.g. {missing[:3]}")
         idx = torch.tensor([pos[i] for i in ids], dtype=torch.long)
-        return EmbeddingSet(self.embeddings[idx], self.labels[idx], list(ids), self.manifest, self.path)
+        return EmbeddingSet(self.embeddings[idx], self.labels[idx], list(ids), self.manifest, self.path, self.skipped)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -140,12 +141,17 @@ def is_complete(path: str | Path) -> bool:
 
 
 def save_embeddings(path: str | Path, manifest: dict[str, Any], embeddings: torch.Tensor,
-                    labels: torch.Tensor, ids: Sequence[str]) -> EmbeddingSet:
-    """Write a complete entry at ``path`` (atomically, file by file; ``complete.json`` last)."""
+                    labels: torch.Tensor, ids: Sequence[str], *, skipped: Sequence[str] = ()) -> EmbeddingSet:
+    """Write a complete entry at ``path`` (atomically, file by file; ``complete.json`` last).
+
+    ``skipped``: ids of the manifest's items left out (images that do not decode); the manifest
+    still describes every requested item, in order.
+    """
     path = Path(path)
     if len(embeddings) != len(labels) or len(labels) != len(ids):
         raise ValueError(f"{len(embeddings)} embeddings, {len(labels)} labels and {len(ids)} ids must agree")
-    if manifest.get("n_items") not in (None, len(ids)) or manifest.get("ids_digest") not in (None, ids_digest(ids)):
+    if manifest.get("n_items") not in (None, len(ids) + len(skipped)) or (
+            manifest.get("ids_digest") and not skipped and manifest["ids_digest"] != ids_digest(ids)):
         raise ValueError("the manifest does not describe these ids (n_items or ids_digest differ)")
     tensors = {"embeddings": embeddings.detach().float().contiguous().cpu(),
                "labels": labels.detach().long().contiguous().cpu()}
@@ -158,8 +164,9 @@ def save_embeddings(path: str | Path, manifest: dict[str, Any], embeddings: torc
             save_file(tensors, str(tmp))
         write_json_atomic(path / "complete.json", {"sha256": sha256_file(path / "embeddings.safetensors"),
                                                    "n": len(ids), "dim": int(embeddings.shape[1]),
+                                                   "skipped": list(skipped),
                                                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return EmbeddingSet(tensors["embeddings"], tensors["labels"], list(ids), manifest, path)
+    return EmbeddingSet(tensors["embeddings"], tensors["labels"], list(ids), manifest, path, list(skipped))
 
 
 def load_embeddings(path: str | Path, expect: dict[str, Any] | None = None, *, verify: bool = True) -> EmbeddingSet:
@@ -185,9 +192,12 @@ def load_embeddings(path: str | Path, expect: dict[str, Any] | None = None, *, v
     except Exception as err:  # safetensors raises its own error types
         raise CacheCorruptError(f"cannot read {path / 'embeddings.safetensors'} ({err}); delete {path} and extract again") from err
     ids = _read_json(path / "ids.json")
-    if len(ids) != len(tensors["embeddings"]) or (manifest.get("ids_digest") and ids_digest(ids) != manifest["ids_digest"]):
+    skipped = done.get("skipped", [])
+    if len(ids) != len(tensors["embeddings"]) or (manifest.get("ids_digest") and not skipped
+                                                   and ids_digest(ids) != manifest["ids_digest"]) or (
+            manifest.get("n_items") is not None and len(ids) + len(skipped) != manifest["n_items"]):
         raise CacheCorruptError(f"ids.json at {path} does not match its embeddings or manifest; delete {path} and extract again")
-    return EmbeddingSet(tensors["embeddings"], tensors["labels"], ids, manifest, path)
+    return EmbeddingSet(tensors["embeddings"], tensors["labels"], ids, manifest, path, skipped)
 
 
 def _read_json(file: Path):
@@ -219,15 +229,21 @@ def _chunk_path(path: Path, c: int, chunk_size: int) -> Path:
     return path / "chunks" / f"size{chunk_size}" / f"{c:06d}.safetensors"
 
 
-def _read_chunk(file: Path, expected_rows: int) -> torch.Tensor | None:
-    """A finished chunk's embeddings, or None when it is missing or unreadable (it is redone)."""
+def _read_chunk(file: Path, expected_rows: int, with_ok: bool = False):
+    """A finished chunk's embeddings (and decode flags), or None when it is missing or unreadable
+    (it is redone)."""
     if not file.is_file():
         return None
     try:
-        emb = load_file(str(file))["embeddings"]
-    except Exception:
+        data = load_file(str(file))
+    except Exception:  # safetensors raises its own error types for damaged files
         return None
-    return emb if len(emb) == expected_rows else None
+    emb = data["embeddings"]
+    if len(emb) != expected_rows:
+        return None
+    if with_ok:
+        return emb, data.get("ok", torch.ones(len(emb), dtype=torch.uint8)).bool()
+    return emb
 
 
 def _dist() -> tuple[int, int]:
@@ -268,7 +284,7 @@ class _ChunkBatches(torch.utils.data.Sampler):
 
 
 def embed_chunks(encoder, items: Sequence, chunks: list[int], path: Path, *, chunk_size: int, batch_size: int,
-                 num_workers: int, normalize: bool, loader=None, bar=None) -> None:
+                 num_workers: int, normalize: bool, loader=None, bar=None, skip_bad: bool = False) -> None:
     """Embed the given chunks with one DataLoader (decoding in workers) and write each chunk
     file as soon as it is complete; nothing but the current chunk is held in memory."""
     from .datasets import ImageFiles
@@ -277,24 +293,27 @@ def embed_chunks(encoder, items: Sequence, chunks: list[int], path: Path, *, chu
         return
     sampler = _ChunkBatches(chunks, len(items), chunk_size, batch_size)
     batches = torch.utils.data.DataLoader(
-        ImageFiles(items, encoder.preprocess, loader), batch_sampler=sampler, num_workers=num_workers,
+        ImageFiles(items, encoder.preprocess, loader, skip_bad=skip_bad), batch_sampler=sampler, num_workers=num_workers,
         pin_memory=encoder.device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None)
     out: list[torch.Tensor] = []
-    for (c, last, _), pixels in zip(sampler.plan, batches, strict=True):
+    oks: list[torch.Tensor] = []
+    for (c, last, idx), batch in zip(sampler.plan, batches, strict=True):
+        pixels, ok = batch if skip_bad else (batch, torch.ones(len(idx), dtype=torch.bool))
         out.append(encoder.encode_image_batch(pixels, normalize=normalize))
+        oks.append(ok.to(torch.uint8))
         if bar is not None:
             bar.update(len(pixels))
         if last:
             with _writing(path), atomic_path(_chunk_path(path, c, chunk_size)) as tmp:
-                save_file({"embeddings": torch.cat(out).contiguous()}, str(tmp))
-            out = []
+                save_file({"embeddings": torch.cat(out).contiguous(), "ok": torch.cat(oks)}, str(tmp))
+            out, oks = [], []
 
 
 def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, dataset: str, split: str,
                        label_names: Sequence[str], batch_size: int = 64, chunk_size: int = 1024,
                        num_workers: int = 0, normalize: bool = True, progress: bool = True,
-                       loader=None, repair: bool = False) -> EmbeddingSet:
+                       loader=None, repair: bool = False, skip_bad_images: bool = False) -> EmbeddingSet:
     """Embed ``items`` (see :class:`lare.datasets.Item`) into the cache, or load them if already there.
 
     Work is done in chunks of ``chunk_size`` items, each written atomically as soon as it is done;
@@ -307,6 +326,10 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
 
     A complete entry that fails its checksum raises :class:`CacheCorruptError`; with
     ``repair=True`` its files are deleted and the split is extracted again.
+
+    An image that does not decode stops the extraction with an error naming the file; with
+    ``skip_bad_images=True`` it is left out instead and listed under ``skipped`` in the entry's
+    ``complete.json`` (an entry with skipped images is refused when skipping is not allowed).
     """
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("chunk_size and batch_size must be >= 1")
@@ -317,7 +340,13 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
     path = open_entry(cache_dir, manifest)
     if is_complete(path):
         try:
-            return load_embeddings(path, manifest)
+            found = load_embeddings(path, manifest)
+            if found.skipped and not skip_bad_images:
+                from .datasets import ImageDecodeError
+
+                raise ImageDecodeError(f"the cache entry {path} was made without {len(found.skipped)} images that do not "
+                                       f"decode, e.g. {found.skipped[:3]}; fix them (and delete {path}) or allow skipping")
+            return found
         except CacheCorruptError:
             if not repair:
                 raise
@@ -334,15 +363,19 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
     desc = f"embed {dataset}/{split} with {encoder.model_name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
     with tqdm(total=sum(rows[c] for c in mine), disable=not progress, unit="img", desc=desc) as bar:
         embed_chunks(encoder, items, mine, path, chunk_size=chunk_size, batch_size=batch_size,
-                     num_workers=num_workers, normalize=normalize, loader=loader, bar=bar)
+                     num_workers=num_workers, normalize=normalize, loader=loader, bar=bar, skip_bad=skip_bad_images)
     _barrier()
     if rank == 0:
-        parts = [_read_chunk(_chunk_path(path, c, chunk_size), rows[c]) for c in range(n_chunks)]
+        parts = [_read_chunk(_chunk_path(path, c, chunk_size), rows[c], with_ok=True) for c in range(n_chunks)]
         missing = [c for c, p in enumerate(parts) if p is None]
         if missing:
             raise CacheCorruptError(f"chunks {missing[:5]} of {path} are missing after extraction; run it again")
         labels = torch.tensor([it.label for it in items], dtype=torch.long)
-        save_embeddings(path, manifest, torch.cat(parts) if parts else torch.empty(0, 0), labels, ids)
+        emb = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, 0)
+        ok = torch.cat([p[1] for p in parts]) if parts else torch.ones(0, dtype=torch.bool)
+        skipped = [i for i, good in zip(ids, ok.tolist(), strict=True) if not good]
+        save_embeddings(path, manifest, emb[ok], labels[ok], [i for i, good in zip(ids, ok.tolist(), strict=True) if good],
+                        skipped=skipped)
         shutil.rmtree(path / "chunks", ignore_errors=True)
     _barrier()
     return load_embeddings(path, manifest)

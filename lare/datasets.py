@@ -36,16 +36,27 @@ class ImageFiles(torch.utils.data.Dataset):
     """Decode and preprocess item images (runs in DataLoader workers, off the main thread).
 
     ``loader`` turns an item into a PIL image (default: open its file; CIFAR-100 reads arrays).
+
+    With ``skip_bad=True`` an image that does not decode yields a blank image and ``ok = False``
+    (items come as ``(pixels, ok)``), so the caller can drop it and record it; otherwise the
+    error names the file.
     """
 
-    def __init__(self, items: Sequence[Item], preprocess: Callable, loader: Callable[[Item], Image.Image] | None = None):
+    def __init__(self, items: Sequence[Item], preprocess: Callable, loader: Callable[[Item], Image.Image] | None = None,
+                 skip_bad: bool = False):
         self.items, self.preprocess, self.loader = list(items), preprocess, loader or open_image
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.preprocess(self.loader(self.items[i]))
+    def __getitem__(self, i: int):
+        if not self.skip_bad:
+            return self.preprocess(self.loader(self.items[i]))
+        try:
+            return self.preprocess(self.loader(self.items[i])), True
+        except ImageDecodeError:
+            return self.preprocess(Image.new("RGB", (8, 8))), False
 
 
 class ImageDecodeError(RuntimeError):

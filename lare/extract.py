@@ -63,7 +63,8 @@ def main(argv=None) -> int:
                            precision=values["precision"], batch_size=values["batch_size"], device=torch.device(device),
                            progress=values.get("progress", True), download=values.get("download", True),
                            num_workers=values.get("num_workers", 0), chunk_size=values.get("chunk_size", 1024),
-                           repair_cache=values.get("repair_cache", False))
+                           repair_cache=values.get("repair_cache", False),
+                           skip_bad_images=values.get("skip_bad_images", False))
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"{name}: {yaml.safe_dump({'index': str(path)}).strip()}")
     finally:

@@ -278,7 +278,7 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
                  items: dict[str, list], class_names: list[str], templates: list[str],
                  domain_templates: dict[str, list[str]] | None = None, precision: str = "fp32",
                  batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None,
-                 chunk_size: int = 1024, repair: bool = False) -> Path:
+                 chunk_size: int = 1024, repair: bool = False, skip_bad_images: bool = False) -> Path:
     """Embed real images with an open_clip model into the cache (resumable) and index them.
 
     ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
@@ -290,12 +290,15 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
     if precision == "auto":  # mixed precision where it pays; the choice is recorded in the manifest
         precision = "bf16" if torch.device(device or "cpu").type == "cuda" else "fp32"
     enc = load_encoder(model, pretrained, device=device, precision=precision)
-    splits = {}
+    splits, skipped = {}, {}
     for split, its in items.items():
         es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=dataset, split=split, label_names=class_names,
                                 batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader,
-                                chunk_size=chunk_size, repair=repair)
+                                chunk_size=chunk_size, repair=repair, skip_bad_images=skip_bad_images)
         splits[split] = str(es.path)
+        if es.skipped:
+            skipped[split] = es.skipped
+            print(f"{encoder}/{split}: skipped {len(es.skipped)} images that do not decode, e.g. {es.skipped[:3]}")
 
     from .cache import _barrier, _dist, entry_dir, text_manifest
 
@@ -308,7 +311,8 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
         class_text = text("class", list(templates))
         extra = {k: text(k, list(v)) for k, v in (domain_templates or {}).items()}
         path = write_index(run_dir, dataset, encoder, splits=splits, class_text=class_text,
-                           class_names=list(class_names), extra_text=extra, info={"source": "images", **enc.info()})
+                           class_names=list(class_names), extra_text=extra,
+                           info={"source": "images", **enc.info(), "skipped_images": skipped})
     _barrier()
     return path
 
@@ -340,7 +344,7 @@ def pick_device(device: str) -> torch.device:
 def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str, source: str, with_domains: bool,
             synthetic: dict, byo: dict, templates, domain_templates, precision: str, batch_size: int, device,
             progress: bool, download: bool = True, num_workers: int = 0, chunk_size: int = 1024,
-            repair_cache: bool = False) -> Path:
+            repair_cache: bool = False, skip_bad_images: bool = False) -> Path:
     """Notebook 01 for one encoder: dispatch on ``source``.
 
     With ``source="images"``, ``dataset`` is a protocol dataset of :mod:`lare.sources` (``cub``:
@@ -386,7 +390,7 @@ def extract(name: str, enc: dict, *, run_dir, cache_dir, data_root, dataset: str
                         items=items, class_names=class_names, templates=templates,
                         domain_templates=domain_templates if with_domains else None, precision=precision,
                         batch_size=batch_size, num_workers=num_workers, device=device, progress=progress, loader=loader,
-                        chunk_size=chunk_size, repair=repair_cache)
+                        chunk_size=chunk_size, repair=repair_cache, skip_bad_images=skip_bad_images)
 
 
 def summary(run_dir, dataset: str, encoders: list[str]):
