@@ -73,6 +73,7 @@ verbose=0
 extra=()        # forwarded papermill options, in order
 user_files=()   # the extra -f files (absolute), hashed by content
 user_run_dir=""
+user_figures_root=""
 while [ $# -gt 0 ]; do
     case $1 in
         --profile)
@@ -88,6 +89,7 @@ while [ $# -gt 0 ]; do
             [ $# -ge 3 ] || die_usage "$1 needs a NAME and a VALUE"
             extra+=("$1" "$2" "$3")
             [ "$2" != run_dir ] || user_run_dir=$3
+            [ "$2" != figures_root ] || user_figures_root=$3
             shift 3 ;;
         --force) force=1; shift ;;
         -v|--verbose) verbose=1; shift ;;
@@ -306,11 +308,12 @@ done
 
 secs=$(elapsed "$t0" "$(now)")
 say "all $total steps finished in $(human_time "$secs") ($n_run run, $n_skipped skipped)"
-figs=figures/$profile
-echo "  Table 1 and Figure 3: $root/$figs/"
+in_root() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$root" "$1" ;; esac; }
+figs=$(in_root "${user_figures_root:-figures}")/$profile
+echo "  Table 1 and Figure 3: $figs/"
 if [ -d "$figs" ]; then
     for f in "$figs"/*; do [ -f "$f" ] && echo "    $f"; done
 else
     echo "    (the folder does not exist: notebooks 05 and 06 should have written it)"
 fi
-echo "  executed notebooks:   $root/$nb_dir/"
+echo "  executed notebooks:   $(in_root "$nb_dir")/"

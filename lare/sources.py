@@ -66,8 +66,18 @@ def download(url: str, dest: str | Path, md5: str | None = None, *, chunk: int =
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
+    if have and md5 and md5sum(part) == md5:  # killed after the last byte, before the rename
+        os.replace(part, dest)
+        return dest
     req = urllib.request.Request(url, headers={"User-Agent": "lare", **({"Range": f"bytes={have}-"} if have else {})})
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    try:
+        resp = urllib.request.urlopen(req, timeout=60)
+    except urllib.error.HTTPError as err:
+        if err.code != 416 or not have:
+            raise
+        part.unlink()  # the range is past the end: the partial file is not a prefix of this file
+        return download(url, dest, md5, chunk=chunk)
+    with resp:
         if have and resp.status != 206:  # the server ignored the range: start again
             have = 0
         total = int(resp.headers.get("Content-Length", 0)) + have
@@ -147,7 +157,11 @@ class DatasetSource:
             return [f"{self.title}: {folder} lacks {', '.join(missing)}; the extraction is incomplete: delete "
                     f"{folder} and extract the archive again"] if missing else []
         if self.archive and (root / self.archive).is_file():
-            return []  # verified and extracted by prepare()
+            archive = root / self.archive
+            if self.md5 and md5sum(archive) != self.md5:
+                return [f"{self.title}: {archive} does not match its MD5 {self.md5} (incomplete or another file): "
+                        f"delete it and download it again from {self.url}"]
+            return []  # extracted by prepare()
         if allow_download and self.url and network_reachable(self.url):
             return []
         return [self.how_to_get(root)]
@@ -243,6 +257,10 @@ def painting_items(folder: str | Path, class_names: list[str] | None = None) -> 
             i, n, c = wrong[0]
             raise DatasetIntegrityError(f"CUB-200-Paintings and CUB-200-2011 have different class lists: {len(wrong)} "
                                         f"differ, e.g. label {i}: painting folder {n!r} vs CUB {c!r}")
+    if class_names is not None and len(names) != len(class_names):
+        absent = [class_names[i] for i in range(len(class_names)) if i not in names]
+        raise DatasetIntegrityError(f"{folder} has {len(names)} class folders, CUB has {len(class_names)}: missing e.g. "
+                                    f"{absent[:3]}; the paintings tree is incomplete, extract it again")
     items = [Item(id=f"painting/{p.name}/{f.name}", path=str(f), label=int(p.name[:3]) - 1, domain="painting")
              for p in class_dirs for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     return items, [names.get(i, "") for i in range(max(names) + 1)]

@@ -403,10 +403,6 @@ def test_download_with_wrong_checksum_leaves_no_file(tmp_path, server):
     assert list(tmp_path.iterdir()) == [], "neither the final file nor a .part is left"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG lare/sources.py download(): a .part that already holds the whole file "
-                   "(run killed between the last byte and the rename, e.g. during the MD5 of 1.1 GB) makes the "
-                   "resume request 'Range: bytes=<size>-', which servers answer with 416; urlopen raises HTTPError "
-                   "and every later run fails the same way until the .part is deleted by hand")
 def test_download_completes_when_the_part_file_is_already_whole(tmp_path, server):
     state, base = server
     state.files["/data.bin"] = body = _payload()
