@@ -18,9 +18,10 @@ Options:
                         smoke  the smallest sizes, for tests
   -f FILE             extra papermill parameter file (YAML), given to every notebook after the
                       profile's own file; may be repeated
-  -p NAME VALUE       extra papermill parameter, given to every notebook last (it wins over the
-                      parameter files); may be repeated. VALUE is typed as papermill does (7 is
-                      an int, 0.5 a float, True a bool); quote values with spaces
+  -p NAME VALUE       extra parameter, given to every notebook last (it wins over the parameter
+                      files); may be repeated. VALUE is read as YAML, as in the parameter files:
+                      7 is an int, 0.5 a float, true a bool, "[0, 1]" a list, '{alpha: 0.3}' a
+                      mapping; quote values with spaces, and use -r for a plain string
   -r NAME VALUE       like -p, but VALUE is always passed as a string
   --force             run every step, even those that are up to date
   -v, --verbose       stream the notebooks' output (papermill --log-output)
@@ -156,6 +157,37 @@ if ! python -c 'from jupyter_client.kernelspec import KernelSpecManager as M; M(
     fi
 fi
 
+# --- -p values are typed as YAML (lists and mappings included), as the preflight reads them -------
+# papermill would pass "[0, 1]" as a string; so the -p values go to papermill as one generated
+# parameter file, after the user's -f files (-p still wins over them). -r values stay strings.
+pm_extra=()
+p_args=()
+i=0
+while [ $i -lt ${#extra[@]} ]; do
+    case "${extra[$i]}" in
+        -f) pm_extra+=(-f "${extra[$((i + 1))]}"); i=$((i + 2)) ;;
+        -r|--parameters_raw) pm_extra+=(-r "${extra[$((i + 1))]}" "${extra[$((i + 2))]}"); i=$((i + 3)) ;;
+        *) p_args+=("${extra[$((i + 1))]}" "${extra[$((i + 2))]}"); i=$((i + 3)) ;;
+    esac
+done
+if [ ${#p_args[@]} -gt 0 ]; then
+    mkdir -p "$run_dir"
+    overrides="$run_dir/.p-overrides.yaml"
+    python - "$overrides" "${p_args[@]}" <<'PY' || die "cannot write $overrides"
+import sys, yaml
+out, args = sys.argv[1], sys.argv[2:]
+values = {}
+for name, raw in zip(args[::2], args[1::2]):
+    try:
+        values[name] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        values[name] = raw  # not YAML: the plain string
+with open(out, "w") as f:
+    yaml.safe_dump(values, f, sort_keys=False)
+PY
+    pm_extra+=(-f "$overrides")
+fi
+
 # --- preflight: parameters, datasets and encoders, all problems at once, before any work --------
 if [ -f lare/preflight.py ]; then
     say "preflight: checking parameters, datasets and encoders"
@@ -247,7 +279,7 @@ run_step() {
     rm -f "$stamp"
     local cmd=(python -m papermill "$nb" "$out" -k python3 --no-progress-bar
                -f "$pfile" -p profile "$profile" -p run_dir "$run_dir"
-               ${extra[@]+"${extra[@]}"})
+               ${pm_extra[@]+"${pm_extra[@]}"})
     start=$(now)
     if [ "$verbose" = 1 ]; then
         echo

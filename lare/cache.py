@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -184,11 +185,14 @@ def load_embeddings(path: str | Path, expect: dict[str, Any] | None = None, *, v
         raise CacheCorruptError(f"the embedding cache at {path} is incomplete (extraction did not finish); "
                                 "run the extraction again to resume it")
     done = _read_json(path / "complete.json")
-    if verify and sha256_file(path / "embeddings.safetensors") != done["sha256"]:
+    # Read the bytes once, hash them and parse those same bytes: the tensors cannot differ from
+    # what was verified (a memory-mapped file could still change under a running process).
+    blob = (path / "embeddings.safetensors").read_bytes()
+    if verify and hashlib.sha256(blob).hexdigest() != done["sha256"]:
         raise CacheCorruptError(f"{path / 'embeddings.safetensors'} fails its checksum (corrupted or truncated); "
                                 f"delete {path} and extract again")
     try:
-        tensors = load_file(str(path / "embeddings.safetensors"))
+        tensors = safetensors_load(blob)
     except Exception as err:  # safetensors raises its own error types
         raise CacheCorruptError(f"cannot read {path / 'embeddings.safetensors'} ({err}); delete {path} and extract again") from err
     ids = _read_json(path / "ids.json")
@@ -374,6 +378,12 @@ def extract_embeddings(encoder, items: Sequence, *, cache_dir: str | Path, datas
         emb = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, 0)
         ok = torch.cat([p[1] for p in parts]) if parts else torch.ones(0, dtype=torch.bool)
         skipped = [i for i, good in zip(ids, ok.tolist(), strict=True) if not good]
+        if skipped and not skip_bad_images:  # chunks left by an earlier run that allowed skipping
+            from .datasets import ImageDecodeError
+
+            raise ImageDecodeError(f"{len(skipped)} images of {dataset}/{split} do not decode, e.g. {skipped[:3]} "
+                                   f"(found in chunks under {path / 'chunks'}); fix them and delete those chunks, "
+                                   "or allow skipping (skip_bad_images)")
         save_embeddings(path, manifest, emb[ok], labels[ok], [i for i, good in zip(ids, ok.tolist(), strict=True) if good],
                         skipped=skipped)
         shutil.rmtree(path / "chunks", ignore_errors=True)

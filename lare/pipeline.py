@@ -150,13 +150,20 @@ def check_shots(data: EncoderData, shots: list[int], val_fraction: float) -> Non
     """Refuse, before any training, shot counts the training pool cannot give after the
     validation carve (the smallest class decides)."""
     counts = torch.bincount(data.sets["train"].labels)
-    counts = counts[counts > 0]
-    smallest = int(counts.min())
+    problem = shots_problem(int(counts[counts > 0].min()), shots, val_fraction)
+    if problem:
+        raise ParameterError(problem)
+
+
+def shots_problem(smallest: int, shots: list[int], val_fraction: float) -> str | None:
+    """Why ``shots`` cannot be drawn when the smallest class has ``smallest`` training items
+    (validation is carved first, as :func:`lare.splits.carve_validation` does), or None."""
     left = smallest - min(smallest - 1, max(1 if smallest > 1 else 0, round(val_fraction * smallest)))
     too_many = [k for k in shots if k > left]
-    if too_many:
-        raise ParameterError(f"shots {too_many} exceed what the smallest class offers: it has {smallest} training "
-                             f"items, {left} after carving validation (val_fraction {val_fraction}); use shots <= {left}")
+    if not too_many:
+        return None
+    return (f"shots {too_many} exceed what the smallest class offers: it has {smallest} training items, {left} after "
+            f"carving validation (val_fraction {val_fraction}); use shots <= {left}")
 
 
 def encoder_splits(data: EncoderData, run_dir, dataset: str, *, shots: int, seed: int,

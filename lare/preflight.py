@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .pipeline import ParameterError, check_common, data_root_from, project_root, resolve
+from .pipeline import ParameterError, check_common, data_root_from, project_root, resolve, shots_problem
 
 NOTEBOOK_WITH_ALL_PARAMETERS = "01_extract_embeddings.ipynb"
 
@@ -73,10 +73,18 @@ def merged_parameters(params_file: Path, extra: list[tuple[str, ...]]) -> dict:
             values.update(yaml.safe_load(Path(opt[1]).read_text()) or {})
     for opt in extra:
         if opt[0] == "-p":
-            values[opt[1]] = yaml.safe_load(opt[2])  # typed as papermill types a -p value
+            values[opt[1]] = yaml_value(opt[2])  # run_all.sh gives -p values to papermill as YAML
         elif opt[0] == "-r":
             values[opt[1]] = opt[2]
     return values
+
+
+def yaml_value(raw: str):
+    """A -p value read as YAML, as run_all.sh passes it on; not YAML at all: the plain string."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _weights_problems(model: str, pretrained: str) -> list[str]:
@@ -117,6 +125,37 @@ def _weights_problems(model: str, pretrained: str) -> list[str]:
     return []
 
 
+def smallest_train_class(values: dict) -> int | None:
+    """Training items of the smallest class, read cheaply from what is on disk (None: unknown)."""
+    import numpy as np
+
+    source, dataset = values.get("source"), str(values.get("dataset"))
+    try:
+        if source == "synthetic":
+            return int((values.get("synthetic") or {}).get("n_train_per_class", 30))
+        if source == "byo":
+            z = np.load(resolve(next(iter((values.get("byo") or {}).values()))), allow_pickle=False)
+            labels = z["labels"][np.asarray([str(v) == "train" for v in z["split"]])]
+            return int(np.bincount(labels)[np.bincount(labels) > 0].min())
+        root = resolve(data_root_from(values.get("data_root", "data")))
+        if dataset == "cub":
+            from .sources import CUB, cub_items
+
+            items, _ = cub_items(root / CUB.folder)
+            return int(np.bincount([it.label for it in items["train"]]).min())
+        if dataset == "cifar100":
+            import pickle
+
+            with open(root / "cifar-100-python" / "train", "rb") as f:
+                return int(np.bincount(pickle.load(f, encoding="latin1")["fine_labels"]).min())
+        train = root / dataset / "train"
+        if dataset.startswith("toy") and not train.is_dir():
+            return 6  # make_toy_images' default
+        return min(sum(1 for _ in d.iterdir()) for d in train.iterdir() if d.is_dir())
+    except (OSError, KeyError, ValueError, StopIteration, RuntimeError):
+        return None  # the data problem itself is reported elsewhere
+
+
 def check(values: dict) -> list[str]:
     """Every problem with one dataset's merged parameters (empty: ready to run)."""
     from .box import BoxConfig
@@ -141,6 +180,11 @@ def check(values: dict) -> list[str]:
         if unknown:
             problems.append(f"{key} names encoders that 'encoders' does not define: {unknown}")
     source, dataset = values.get("source"), values.get("dataset")
+    shots, vf = values.get("shots"), values.get("val_fraction")
+    if isinstance(shots, list) and all(isinstance(k, int) for k in shots) and isinstance(vf, float) and 0 < vf < 1:
+        smallest = smallest_train_class(values)
+        if smallest is not None and (problem := shots_problem(smallest, shots, vf)):
+            problems.append(problem)
     if source == "images":
         from .sources import PROTOCOL_SOURCES, check_sources
 
@@ -195,8 +239,13 @@ def main(argv=None) -> int:
         print(f"preflight: no parameter files in params/{args.profile}/", file=sys.stderr)
         return 1
     report = {}
+    names = {str(merged_parameters(f, extra).get("dataset")) for f in files}
     for f in files:
-        problems = unknown_names(f, extra) + check(merged_parameters(f, extra))
+        values = merged_parameters(f, extra)
+        problems = unknown_names(f, extra) + check(values)
+        for key in ("table1_dataset", "fewshot_dataset"):
+            if values.get(key) not in names:
+                problems.append(f"{key} {values.get(key)!r} is not a dataset of profile {args.profile} ({sorted(names)})")
         if problems:
             report[f.stem] = problems
     if not report:

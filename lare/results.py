@@ -60,6 +60,8 @@ def append_rows(path: str | Path, rows: Iterable[dict]) -> int:
     """Add rows not yet present (same key and config hash); returns how many were added."""
     path = Path(path)
     with _locked(path):
+        for torn in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
+            torn.unlink(missing_ok=True)
         existing = read_rows(path)
         seen = {_ident(r) for r in existing}
         new = [r for r in rows if _ident(r) not in seen]
