@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .losses import REDUCTIONS, VOLUME_FORMS, check_alpha, lare_loss_terms
-from .train import check_training, check_xy, minimise, seeded_init
+from .train import check_training, check_xy, effective_epochs, minimise, seeded_init
 from .utils import atomic_path, resolve_device, write_json_atomic
 
 CORNER_MODES = ("minmax", "center_width")
@@ -84,6 +84,8 @@ class BoxConfig:
         mean box width about 3 per dimension at scale 1, about 0.2 at scale 100).
     epochs, batch_size (0: full batch), lr, weight_decay: Adam(W) training of f_Box.
     seed: initialisation and batch order.
+    min_steps, max_steps: bounds on the optimiser steps (0: none); the epochs are stretched or cut
+        to meet them, so tiny few-shot sets still train and large sets stay affordable.
     """
 
     alpha: float = 0.5
@@ -98,6 +100,8 @@ class BoxConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     seed: int = 0
+    min_steps: int = 0
+    max_steps: int = 0
 
     def __post_init__(self):
         check_alpha(self.alpha)
@@ -109,7 +113,7 @@ class BoxConfig:
             raise ValueError(f"volume must be one of {VOLUME_FORMS}, got {self.volume!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay)
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
         if not math.isfinite(self.scale) or self.scale <= 0:
             raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
         if self.hidden is not None and (not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1):
@@ -163,7 +167,8 @@ def train_box(train_x: torch.Tensor, train_y: torch.Tensor, class_text: torch.Te
     model = seeded_init(lambda: BoxNet(x.shape[1], cfg.hidden, cfg.activation, cfg.corners), cfg.seed).to(dev)
     best_epoch, history = minimise(
         model, lambda bx, by: _terms(model, bx, by, t, cfg), x, y, val=(vx, vy) if has_val else None,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
+        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         seed=cfg.seed, desc="f_Box", progress=progress)
     return BoxTrainResult(model=model, config=cfg, best_epoch=best_epoch, history=history)
 

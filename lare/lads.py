@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import check_training, check_xy, minimise, seeded_init
+from .train import check_training, check_xy, effective_epochs, minimise, seeded_init
 from .utils import resolve_device
 
 
@@ -70,6 +70,7 @@ class LADSConfig:
     """LADS training (its CUB configuration: AdamW lr 0.1, wd 0.005, 50 epochs, batch 256).
 
     domain_weight: weight of domain alignment; class consistency gets ``1 - domain_weight``.
+    min_steps, max_steps: bounds on the optimiser steps (0: none), as in :class:`lare.box.BoxConfig`.
     Model selection keeps the epoch with the lowest validation loss.
     """
 
@@ -79,11 +80,13 @@ class LADSConfig:
     lr: float = 0.1
     weight_decay: float = 0.005
     seed: int = 0
+    min_steps: int = 0
+    max_steps: int = 0
 
     def __post_init__(self):
         if not 0.0 <= self.domain_weight <= 1.0:
             raise ValueError(f"domain_weight must lie in [0, 1], got {self.domain_weight}")
-        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay)
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,6 +134,8 @@ def train_lads(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.
     model = seeded_init(lambda: LADSAugmenter(x.shape[1]), cfg.seed).to(dev)
     best_epoch, history = minimise(
         model, lambda bx, by: _lads_terms(model, bx, by, src, dirs, weights, cfg), x, y,
-        val=(vx, vy) if has_val else None, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        val=(vx, vy) if has_val else None,
+        epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
+        batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=cfg.seed, desc="LADS", progress=progress)
     return LADSResult(model=model, config=cfg, best_epoch=best_epoch, history=history)

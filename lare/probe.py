@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .box import sample_boxes
-from .train import batches, check_training, seeded_init
+from .train import batches, check_training, effective_epochs, seeded_init
 from .utils import make_generator, resolve_device
 
 SELECT_METRICS = ("balanced_acc", "top1")
@@ -69,6 +69,11 @@ class BoxSampler:
         self.k, self.fresh, self.renormalize = int(k), bool(fresh), bool(renormalize)
         self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @property
+    def size(self) -> int:
+        """Extra embeddings per epoch."""
+        return len(self.lower) * self.k
+
     def to(self, device: torch.device) -> BoxSampler:
         self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
         if self._fixed is not None:
@@ -95,6 +100,10 @@ class FixedAugment:
             raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
         self.x, self.y = x, y
 
+    @property
+    def size(self) -> int:
+        return len(self.x)
+
     def to(self, device: torch.device) -> FixedAugment:
         self.x, self.y = self.x.to(device), self.y.to(device)
         return self
@@ -112,6 +121,8 @@ class ProbeConfig:
     follow LADS's probe (AdamW, lr 1e-3, weight decay 0.05, batch 256) with fewer epochs.
     select: validation metric for model selection (``balanced_acc`` as LADS, or ``top1``).
     seed: initialisation, batch order and box sampling.
+    min_steps, max_steps: bounds on the optimiser steps (0: none), counted on the originals plus
+        the augmenter's extra embeddings; the epochs are stretched or cut to meet them.
     """
 
     epochs: int = 100
@@ -120,9 +131,11 @@ class ProbeConfig:
     weight_decay: float = 0.05
     select: str = "balanced_acc"
     seed: int = 0
+    min_steps: int = 0
+    max_steps: int = 0
 
     def __post_init__(self):
-        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay)
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
 
@@ -172,7 +185,9 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
     sample_gen = make_generator(cfg.seed + 1, dev)
 
     history, best, best_epoch, best_state = [], -1.0, -1, None
-    bar = tqdm(range(cfg.epochs), desc="probe", disable=not progress, leave=False)
+    n_epoch = len(x) + (getattr(augment, "size", 0) if augment is not None else 0)
+    epochs = effective_epochs(cfg.epochs, n_epoch, cfg.batch_size, cfg.min_steps, cfg.max_steps)
+    bar = tqdm(range(epochs), desc="probe", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
         ex, ey = x, y

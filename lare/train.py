@@ -24,8 +24,14 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_training(epochs: int, batch_size: int, lr: float, seed: int = 0, weight_decay: float = 0.0) -> None:
+def check_training(epochs: int, batch_size: int, lr: float, seed: int = 0, weight_decay: float = 0.0,
+                   min_steps: int = 0, max_steps: int = 0) -> None:
     """Reject bad optimisation settings at configuration time, not halfway through training."""
+    for name, v in (("min_steps", min_steps), ("max_steps", max_steps)):
+        if not _is_int(v) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0 (0: no bound), got {v!r}")
+    if min_steps and max_steps and min_steps > max_steps:
+        raise ValueError(f"min_steps ({min_steps}) must not exceed max_steps ({max_steps})")
     if not _is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not _is_int(batch_size) or batch_size < 0:
@@ -43,6 +49,19 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
     perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
     step = n if not batch_size or batch_size >= n else batch_size
     return perm.split(step)
+
+
+def effective_epochs(epochs: int, n: int, batch_size: int, min_steps: int = 0, max_steps: int = 0) -> int:
+    """``epochs``, stretched so that training takes at least ``min_steps`` optimiser steps (a
+    1-shot set is one batch per epoch) and cut so that it takes at most ``max_steps`` (50 epochs of
+    45,000 CIFAR-100 embeddings are 8,800 steps). 0 leaves a side unbounded."""
+    per_epoch = max(1, math.ceil(n / batch_size)) if batch_size else 1
+    e = epochs
+    if min_steps:
+        e = max(e, math.ceil(min_steps / per_epoch))
+    if max_steps:
+        e = min(e, max(1, math.ceil(max_steps / per_epoch)))
+    return e
 
 
 def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
