@@ -218,6 +218,9 @@ def test_missing_checkpoint_file_raises(tmp_path, no_model_creation):
 @pytest.mark.parametrize("name", TINY_MODELS)
 def test_local_checkpoint_file(tmp_path, name):
     saved = _fresh(name)
+    with torch.no_grad():  # other weights than the seeded random init of "none"
+        for p in saved.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
     ckpt = tmp_path / "x.pt"
     torch.save(saved.model.state_dict(), ckpt)
     loaded = load_encoder(name, str(ckpt), device="cpu")
@@ -226,15 +229,26 @@ def test_local_checkpoint_file(tmp_path, name):
     torch.testing.assert_close(loaded.encode_image_batch(pixels), saved.encode_image_batch(pixels), rtol=0, atol=0)
     torch.testing.assert_close(loaded.encode_text(["a photo of a cat."]), saved.encode_text(["a photo of a cat."]),
                                rtol=0, atol=0)
-    # Sanity: another random model gives other embeddings, so the equality above is the checkpoint's doing.
+    # Sanity: the model without the checkpoint gives other embeddings, so the equality above is the checkpoint's doing.
     assert not torch.allclose(_fresh(name).encode_image_batch(pixels), saved.encode_image_batch(pixels))
+
+
+def test_random_weights_are_the_same_in_every_process():
+    """'none' means one fixed random model: the cache key and sharded extraction rely on it."""
+    pixels = _pixels(2)
+    torch.testing.assert_close(_fresh("lare-tiny-clip").encode_image_batch(pixels),
+                               _fresh("lare-tiny-clip").encode_image_batch(pixels), rtol=0, atol=0)
 
 
 def test_overwritten_checkpoint_changes_info(tmp_path):
     ckpt = tmp_path / "x.pt"
     torch.save(_fresh("lare-tiny-clip").model.state_dict(), ckpt)
     first = load_encoder("lare-tiny-clip", str(ckpt), device="cpu")
-    torch.save(_fresh("lare-tiny-clip").model.state_dict(), ckpt)  # other weights, same file name
+    other = _fresh("lare-tiny-clip").model
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.save(other.state_dict(), ckpt)  # other weights, same file name
     second = load_encoder("lare-tiny-clip", str(ckpt), device="cpu")
     assert not torch.allclose(first.encode_image_batch(_pixels(2)), second.encode_image_batch(_pixels(2)))
     assert first.info() != second.info()

@@ -86,7 +86,8 @@ def small_fake_root(tmp_path) -> Path:
     root = tmp_path / "data"
     make_fake_cub(root, classes=3, per_class=2)
     make_fake_paintings(root, classes=3, per_class=1)
-    make_fake_cifar100(root, per_class_train=1, per_class_test=1)
+    # 18 per class: 16 shots remain after the 10 % validation carve, which the preflight checks
+    make_fake_cifar100(root, per_class_train=18, per_class_test=1)
     return root
 
 
