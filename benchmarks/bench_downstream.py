@@ -11,13 +11,14 @@ The caches are written in the cache format (``lare.cache.save_embeddings`` + the
 from ``lare.synthetic.make_synthetic`` (unit vectors with class structure and a domain shift), then
 read back with ``lare.pipeline.load_encoder_data`` and split per (shots, seed) with
 ``lare.pipeline.encoder_splits``; the methods are the functions of ``lare.methods`` with the
-paper profile's settings (the notebooks' defaults; params/paper/*.yaml sets none of them).
+profile's settings: the notebooks' parameters cell updated by ``params/<profile>/<dataset>.yaml``
+(``lare.preflight.merged_parameters``, as run_all.sh passes them), read at run time.
 Printed: total wall time, a breakdown per dataset and method (f_Box training and the LARE probe
 separately), and mean accuracies as a sanity check (synthetic data: they mean nothing about
 real images). Target: the whole profile within 15 minutes on 2 CPU cores.
 
     python benchmarks/bench_downstream.py            # 5 seeds, both datasets
-    python benchmarks/bench_downstream.py --quick    # 1 seed (the 5-seed time is extrapolated)
+    python benchmarks/bench_downstream.py --quick    # first seed only (the time of all seeds is extrapolated)
     python benchmarks/bench_downstream.py --device cuda
 """
 
@@ -36,39 +37,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anything
 
 import torch  # noqa: E402
-from _common import header, sync  # noqa: E402
+from _common import REPO, header, sync  # noqa: E402
 
 from lare.box import BoxConfig, train_box  # noqa: E402
 from lare.cache import save_embeddings  # noqa: E402
 from lare.lads import LADSConfig  # noqa: E402
 from lare.methods import SamplingConfig, run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
 from lare.pipeline import encoder_splits, load_encoder_data, write_index  # noqa: E402
+from lare.preflight import merged_parameters  # noqa: E402
 from lare.probe import ProbeConfig  # noqa: E402
 from lare.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
 
-# The paper profile's method settings: the parameters cell of notebooks 02-04 (params/paper/*.yaml
-# leaves them at these defaults).
-BOX = {"alpha": 0.5, "volume": "dot_normalized", "corners": "minmax", "scale": 100.0, "epochs": 50, "batch_size": 256,
-       "lr": 0.001}
-SAMPLING = {"k": 1, "fresh": True, "renormalize": True}
-PROBE = {"epochs": 50, "batch_size": 256, "lr": 0.001, "weight_decay": 0.05, "select": "balanced_acc"}
-LADS = {"domain_weight": 0.5, "epochs": 50, "batch_size": 256, "lr": 0.1, "weight_decay": 0.005}
-
-# params/paper/cub.yaml and cifar100.yaml
-DATASETS = {
-    "cub": {"sizes": {"train": 5994, "test": 5794, "ood": 3047}, "classes": 200, "encoders": {"clip": 0.8, "coca": 0.6},
-            "shots": [0], "val_fraction": 0.2, "lare": ["coca", "clip"], "lads": ["clip", "coca"],
-            "baseline": ["clip", "coca"], "world_seed": 1234},
-    "cifar100": {"sizes": {"train": 50000, "test": 10000}, "classes": 100, "encoders": {"coca": 0.6},
-                 "shots": [1, 2, 4, 8, 16, 0], "val_fraction": 0.1, "lare": ["coca"], "lads": [],
-                 "baseline": ["coca"], "world_seed": 4321},
+# Sizes of the real caches; the synthetic noise stands for encoder quality (as in the demo profile).
+SIZES = {
+    "cub": {"sizes": {"train": 5994, "test": 5794, "ood": 3047}, "classes": 200, "noise": {"clip": 0.8, "coca": 0.6},
+            "world_seed": 1234},
+    "cifar100": {"sizes": {"train": 50000, "test": 10000}, "classes": 100, "noise": {"coca": 0.6}, "world_seed": 4321},
 }
+SETTINGS = ("box", "sampling", "probe", "lads", "seeds", "shots", "val_fraction", "lare_encoders", "lads_encoders",
+            "baseline_encoders", "encoders")
+
+
+def profile_settings(profile: str, dataset: str) -> dict:
+    """What notebooks 02-04 would use: their parameters cell, updated by params/<profile>/<dataset>.yaml."""
+    values = merged_parameters(REPO / "params" / profile / f"{dataset}.yaml", [])
+    return {k: values[k] for k in SETTINGS}
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (paper profile: 0-4)")
-    ap.add_argument("--quick", action="store_true", help="one seed (0); the 5-seed time is extrapolated")
+    ap.add_argument("--profile", default="paper", help="params/<profile>/<dataset>.yaml gives the settings (default paper)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds (default: the profile's, paper: 0-4)")
+    ap.add_argument("--quick", action="store_true", help="the first seed only; the time of all seeds is extrapolated")
     ap.add_argument("--datasets", default="cub,cifar100")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--device", default="cpu")
@@ -77,12 +77,13 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def write_caches(root: Path, dataset: str, spec: dict, dim: int) -> None:
+def write_caches(root: Path, dataset: str, spec: dict, encoders: list[str], dim: int) -> None:
     """Synthetic embeddings of the real split sizes, written as the pipeline's caches and index."""
     sizes, c = spec["sizes"], spec["classes"]
     with_domains = "ood" in sizes
     per = {k: -(-n // c) for k, n in sizes.items()}
-    for enc, noise in spec["encoders"].items():
+    for enc in encoders:
+        noise = spec["noise"].get(enc, 0.7)
         sp = SyntheticSpec(num_classes=c, dim=dim, n_train_per_class=per["train"], n_test_per_class=per["test"],
                            n_ood_per_class=per.get("ood", 1), noise=noise)
         data = make_synthetic(sp, seed=int(round(noise * 1000)), world_seed=spec["world_seed"])
@@ -111,9 +112,20 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    header(f"downstream of the paper profile from caches: seeds {seeds}, datasets {args.datasets}", device)
-    print(f"settings: box {BOX}\n          sampling {SAMPLING}\n          probe {PROBE}\n          lads {LADS}", flush=True)
+    datasets = [d.strip() for d in args.datasets.split(",")]
+    settings = {ds: profile_settings(args.profile, ds) for ds in datasets}
+    all_seeds = sorted({s for ds in datasets for s in settings[ds]["seeds"]})
+    if args.seeds:
+        all_seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = all_seeds[:1] if args.quick else all_seeds
+    n_profile_seeds = len(settings[datasets[0]]["seeds"])
+    header(f"downstream of the {args.profile} profile from caches: seeds {seeds}, datasets {datasets}", device)
+    for ds in datasets:
+        st = settings[ds]
+        print(f"{ds} (params/{args.profile}/{ds}.yaml over the notebooks' defaults): shots {st['shots']}, "
+              f"val_fraction {st['val_fraction']}, baselines {st['baseline_encoders']}, lads {st['lads_encoders']}, "
+              f"lare {st['lare_encoders']}\n  box {st['box']}\n  sampling {st['sampling']}\n  probe {st['probe']}\n"
+              f"  lads {st['lads']}", flush=True)
 
     tmp = None
     if args.work_dir:
@@ -121,13 +133,11 @@ def main(argv=None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="lare-bench-downstream-")
         root = Path(tmp.name)
-    datasets = [d.strip() for d in args.datasets.split(",")]
 
     t0 = time.perf_counter()
     for ds in datasets:
-        write_caches(root, ds, DATASETS[ds], args.dim)
-    t_gen = time.perf_counter() - t0
-    print(f"synthetic caches written in {t_gen:.1f} s (not part of the profile's downstream)", flush=True)
+        write_caches(root, ds, SIZES[ds], list(settings[ds]["encoders"]), args.dim)
+    print(f"synthetic caches written in {time.perf_counter() - t0:.1f} s (not part of the profile's downstream)", flush=True)
 
     times: dict[tuple[str, str], float] = defaultdict(float)
     units: dict[tuple[str, str], int] = defaultdict(int)
@@ -147,39 +157,42 @@ def main(argv=None) -> int:
             acc[(ds, method, enc, k, dom)].append(m["top1"])
 
     t_start = time.perf_counter()
+    run_dir = root / "run"
     for ds in datasets:
-        spec = DATASETS[ds]
-        run_dir = root / "run"
-        for enc in spec["encoders"]:
-            data = clock(ds, "load caches", lambda ds=ds, enc=enc, rd=run_dir: load_encoder_data(rd, ds, enc))
-            for k in spec["shots"]:
+        st = settings[ds]
+        # The encoders the notebooks visit: baselines, LADS and LARE each over their own list.
+        encoders = [e for e in st["encoders"] if e in {*st["baseline_encoders"], *st["lads_encoders"], *st["lare_encoders"]}]
+        for enc in encoders:
+            data = clock(ds, "load caches", lambda ds=ds, enc=enc: load_encoder_data(run_dir, ds, enc))
+            for k in st["shots"]:
                 for seed in seeds:
                     t_unit = time.perf_counter()
-                    s = clock(ds, "splits", lambda data=data, ds=ds, k=k, seed=seed, rd=run_dir, vf=spec["val_fraction"]: encoder_splits(
-                        data, rd, ds, shots=k, seed=seed, val_fraction=vf).to(device))
-                    pcfg = ProbeConfig(**{**PROBE, "seed": seed})
-                    if enc in spec["baseline"]:
+                    s = clock(ds, "splits", lambda data=data, ds=ds, k=k, seed=seed, vf=st["val_fraction"]: encoder_splits(
+                        data, run_dir, ds, shots=k, seed=seed, val_fraction=vf).to(device))
+                    pcfg = ProbeConfig(**{**st["probe"], "seed": seed})
+                    if enc in st["baseline_encoders"]:
                         record(ds, "zero-shot", enc, k, clock(ds, "zero-shot", lambda s=s: run_zero_shot(s)))
                         record(ds, "linear-probe", enc, k, clock(ds, "linear-probe", lambda s=s, p=pcfg: run_linear_probe(
                             s, p, device=device)[0]))
-                    if enc in spec["lads"] and k == 0:
-                        lcfg = LADSConfig(**{**LADS, "seed": seed})
+                    if enc in st["lads_encoders"] and k == 0 and {"photo", "painting"} <= set(s.extra_text):
+                        lcfg = LADSConfig(**{**st["lads"], "seed": seed})
                         photo, painting = s.extra_text["photo"], s.extra_text["painting"]
                         record(ds, "lads", enc, k, clock(ds, "lads (f_aug + probe)", lambda s=s, p=pcfg, lc=lcfg, a=photo, b=painting:
                                                          run_lads(s, a, b, lc, p, device=device)[0]))
-                    if enc in spec["lare"]:
-                        bcfg = BoxConfig(**{**BOX, "seed": seed})
+                    if enc in st["lare_encoders"]:
+                        bcfg = BoxConfig(**{**st["box"], "seed": seed})
+                        samp = SamplingConfig(**st["sampling"])
                         boxes = clock(ds, "lare f_Box (step 1)", lambda s=s, b=bcfg: train_box(
                             s.train_x, s.train_y, s.class_text, b, val_x=s.val_x, val_y=s.val_y, device=device,
                             progress=False))
-                        record(ds, "lare", enc, k, clock(ds, "lare probe (step 2)", lambda s=s, b=bcfg, p=pcfg, bx=boxes: run_lare(
-                            s, b, p, SamplingConfig(**SAMPLING), device=device, boxes=bx)[0]))
+                        record(ds, "lare", enc, k, clock(ds, "lare probe (step 2)", lambda s=s, b=bcfg, p=pcfg, bx=boxes, sm=samp:
+                                                         run_lare(s, b, p, sm, device=device, boxes=bx)[0]))
                     print(f"  {ds} {enc} shots {k or 'full'} seed {seed}: {time.perf_counter() - t_unit:.1f} s "
                           f"(train {len(s.train_y)}, val {len(s.val_y)})", flush=True)
     total = time.perf_counter() - t_start
 
     print("\n--- summary: downstream ---")
-    print(f"device {device}, torch threads {torch.get_num_threads()}, seeds {seeds}")
+    print(f"profile {args.profile}, device {device}, torch threads {torch.get_num_threads()}, seeds {seeds}")
     print(f"{'dataset':9s} {'method':22s} {'runs':>5s} {'total s':>9s} {'s/run':>8s}")
     per_seed = 0.0
     for (ds, method), secs in sorted(times.items(), key=lambda kv: (datasets.index(kv[0][0]), -kv[1])):
@@ -187,10 +200,9 @@ def main(argv=None) -> int:
         if method != "load caches":
             per_seed += secs / len(seeds)
     print(f"total wall time of the downstream: {total:.1f} s ({total / 60:.2f} min) for {len(seeds)} seed(s)")
-    if len(seeds) != 5:
-        fixed = total - per_seed * len(seeds)
-        est = fixed + 5 * per_seed
-        print(f"extrapolated to the paper profile's 5 seeds: {est:.0f} s ({est / 60:.1f} min) "
+    if len(seeds) != n_profile_seeds:
+        est = total - per_seed * len(seeds) + n_profile_seeds * per_seed
+        print(f"extrapolated to the profile's {n_profile_seeds} seeds: {est:.0f} s ({est / 60:.1f} min) "
               f"[{'meets' if est <= 900 else 'MISSES'} target <= 15 min]")
     else:
         print(f"[{'meets' if total <= 900 else 'MISSES'} target <= 15 min]")
