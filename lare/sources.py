@@ -24,7 +24,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -37,10 +36,6 @@ class DatasetMissingError(FileNotFoundError):
 
 class DatasetIntegrityError(RuntimeError):
     """An archive or tree that is there but wrong: checksum mismatch, truncated, files missing."""
-
-
-def default_data_root() -> str:
-    return os.environ.get("LARE_DATA_ROOT", "data")
 
 
 def md5sum(path: str | Path) -> str:
@@ -317,6 +312,3 @@ def load_protocol(dataset: str, data_root: str | Path, *, allow_download: bool =
         return items, names, loader
     raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(PROTOCOL_SOURCES)}")
 
-
-def class_counts(items: list[Item]) -> np.ndarray:
-    return np.bincount([it.label for it in items])
