@@ -22,8 +22,9 @@ import torch
 
 from .cache import load_embeddings, save_embeddings
 from .methods import EmbeddingSplits
-from .splits import carve_validation, check_disjoint, kshot_subset
+from .splits import carve_validation, check_disjoint, kshot_subset, n_validation
 from .synthetic import SyntheticSpec, make_synthetic
+from .train import is_int as _is_int
 from .utils import hash_config, write_json_atomic
 
 # Evaluation splits and the Table 1 domain each stands for.
@@ -33,10 +34,6 @@ SOURCES = ("synthetic", "images", "byo")
 
 class ParameterError(ValueError):
     """A bad notebook parameter, reported before any heavy work starts."""
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_common(*, seeds, shots, encoders: dict, source: str, val_fraction: float) -> None:
@@ -158,7 +155,7 @@ def check_shots(data: EncoderData, shots: list[int], val_fraction: float) -> Non
 def shots_problem(smallest: int, shots: list[int], val_fraction: float) -> str | None:
     """Why ``shots`` cannot be drawn when the smallest class has ``smallest`` training items
     (validation is carved first, as :func:`lare.splits.carve_validation` does), or None."""
-    left = smallest - min(smallest - 1, max(1 if smallest > 1 else 0, round(val_fraction * smallest)))
+    left = smallest - n_validation(smallest, val_fraction)
     too_many = [k for k in shots if k > left]
     if not too_many:
         return None

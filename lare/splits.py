@@ -22,6 +22,12 @@ def _by_class(labels: Sequence[int]) -> dict[int, list[int]]:
     return out
 
 
+def n_validation(n: int, fraction: float) -> int:
+    """Items a class of ``n`` gives to validation: ``round(fraction * n)``, at least one when it
+    has two or more, never all of them."""
+    return min(n - 1, max(1 if n > 1 else 0, round(fraction * n)))
+
+
 def carve_validation(ids: Sequence[str], labels: Sequence[int], fraction: float, seed: int
                      ) -> tuple[list[str], list[str]]:
     """Stratified split of a training pool into (train ids, validation ids).
@@ -37,7 +43,7 @@ def carve_validation(ids: Sequence[str], labels: Sequence[int], fraction: float,
     train, val = [], []
     for _c, pos in sorted(_by_class(labels).items()):
         perm = [pos[i] for i in torch.randperm(len(pos), generator=g).tolist()]
-        n_val = min(len(pos) - 1, max(1 if len(pos) > 1 else 0, round(fraction * len(pos))))
+        n_val = n_validation(len(pos), fraction)
         val += [ids[p] for p in perm[:n_val]]
         train += [ids[p] for p in perm[n_val:]]
     return sorted(train), sorted(val)

@@ -20,7 +20,8 @@ from .utils import make_generator
 TermsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+    """An int that is not a bool (YAML's true must not pass as 1)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -28,19 +29,19 @@ def check_training(epochs: int, batch_size: int, lr: float, seed: int = 0, weigh
                    min_steps: int = 0, max_steps: int = 0) -> None:
     """Reject bad optimisation settings at configuration time, not halfway through training."""
     for name, v in (("min_steps", min_steps), ("max_steps", max_steps)):
-        if not _is_int(v) or v < 0:
+        if not is_int(v) or v < 0:
             raise ValueError(f"{name} must be an integer >= 0 (0: no bound), got {v!r}")
     if min_steps and max_steps and min_steps > max_steps:
         raise ValueError(f"min_steps ({min_steps}) must not exceed max_steps ({max_steps})")
-    if not _is_int(epochs) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not _is_int(batch_size) or batch_size < 0:
+    if not is_int(batch_size) or batch_size < 0:
         raise ValueError(f"batch_size must be an integer >= 0 (0 means full batch), got {batch_size!r}")
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
 
 
