@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import check_training, check_xy, effective_epochs, minimise, seeded_init
+from .train import check_precision, check_training, check_xy, effective_epochs, minimise, seeded_init
 from .utils import resolve_device
 
 
@@ -71,6 +71,7 @@ class LADSConfig:
 
     domain_weight: weight of domain alignment; class consistency gets ``1 - domain_weight``.
     min_steps, max_steps: bounds on the optimiser steps (0: none), as in :class:`lare.box.BoxConfig`.
+    precision: ``fp32`` (default) or ``bf16`` autocast, as in :class:`lare.box.BoxConfig`.
     Model selection keeps the epoch with the lowest validation loss.
     """
 
@@ -82,8 +83,10 @@ class LADSConfig:
     seed: int = 0
     min_steps: int = 0
     max_steps: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self):
+        check_precision(self.precision)
         if not 0.0 <= self.domain_weight <= 1.0:
             raise ValueError(f"domain_weight must lie in [0, 1], got {self.domain_weight}")
         check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
@@ -137,5 +140,5 @@ def train_lads(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.
         val=(vx, vy) if has_val else None,
         epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
         batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, desc="LADS", progress=progress)
+        weight_decay=cfg.weight_decay, seed=cfg.seed, precision=cfg.precision, desc="LADS", progress=progress)
     return LADSResult(model=model, config=cfg, best_epoch=best_epoch, history=history)

@@ -62,6 +62,11 @@ def lare_loss_terms(lower: torch.Tensor, upper: torch.Tensor, class_text: torch.
     cc_minus = class_consistency_loss(lower, class_text, labels, scale=scale, reduction=reduction)
     cc_center = class_consistency_loss((lower + upper) / 2, class_text, labels, scale=scale,
                                        reduction=reduction)
+    return _with_total(bv, cc_plus, cc_minus, cc_center, alpha)
+
+
+def _with_total(bv, cc_plus, cc_minus, cc_center, alpha: float) -> dict[str, torch.Tensor]:
+    """Eq. (5) (typo fixed) from its four terms."""
     total = (1 - alpha) * bv + alpha / 3 * cc_plus + alpha / 3 * cc_minus + alpha / 3 * cc_center
     return {"bv": bv, "cc_plus": cc_plus, "cc_minus": cc_minus, "cc_center": cc_center, "total": total}
 
@@ -87,3 +92,129 @@ def box_volume_variant(lower: torch.Tensor, upper: torch.Tensor, *, form: str = 
 def check_alpha(alpha: float) -> None:
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha weighs volume against class consistency and must lie in [0, 1], got {alpha}")
+
+
+# ---------------------------------------------------------------- the training form
+CORNER_FORMS = ("minmax", "center_width")
+
+
+def corners_of(out: torch.Tensor, corners: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ordered corners ``(X^-, X^+)`` from f_Box's raw ``(n, 2d)`` output (see :class:`lare.box.BoxNet`)."""
+    a, b = out.chunk(2, dim=-1)
+    if corners == "minmax":
+        return torch.minimum(a, b), torch.maximum(a, b)
+    if corners == "center_width":
+        half = F.softplus(b)
+        return a - half, a + half
+    raise ValueError(f"corners must be one of {CORNER_FORMS}, got {corners!r}")
+
+
+def lare_loss_terms_fused(out: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *, corners: str,
+                          alpha: float, scale: float = 1.0, reduction: str = "mean", volume: str = "dot",
+                          eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """The terms of :func:`lare_loss_terms` straight from f_Box's raw output, with a hand-written backward.
+
+    Same values as ``lare_loss_terms(*corners_of(out, corners), ...)`` and the same gradients
+    (``tests/test_losses.py`` checks both in float64 for every corner, volume and reduction form),
+    in about half the memory passes: the corners, the three cross-entropies and the volume term are
+    one autograd node, and the centre's logits are the mean of the corners' logits (the dot
+    product is linear, so this is Eq. (4) exactly, with one matrix product fewer). This is what
+    :func:`lare.box.train_box` minimises; the literal functions above stay the reference.
+
+    Matrix products run in ``out``'s dtype (bfloat16 under autocast); softmaxes, norms and
+    reductions in float32 (or float64 for float64 input). One edge differs from autograd: a
+    corner with L2 norm under 1e-12 in the ``dot_normalized`` form gets the gradient of the
+    unclamped norm.
+    """
+    check_alpha(alpha)
+    if corners not in CORNER_FORMS:
+        raise ValueError(f"corners must be one of {CORNER_FORMS}, got {corners!r}")
+    if volume not in VOLUME_FORMS:
+        raise ValueError(f"volume form must be one of {VOLUME_FORMS}, got {volume!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    bv, cc_plus, cc_minus, cc_center = _FusedBoxLoss.apply(out, class_text, labels, corners, volume, reduction,
+                                                           float(scale), float(eps))
+    return _with_total(bv, cc_plus, cc_minus, cc_center, alpha)
+
+
+class _FusedBoxLoss(torch.autograd.Function):
+    """``(out, T, y) -> (L_BV, L_CC+, L_CC-, L_CC)``; gradients for ``out`` only (T and y are constants)."""
+
+    @staticmethod
+    def forward(ctx, out, class_text, labels, corners, volume, reduction, scale, eps):
+        n = out.shape[0]
+        acc = torch.promote_types(out.dtype, torch.float32)  # softmax and reductions never in bf16
+        a, b = out.chunk(2, dim=-1)
+        if corners == "minmax":
+            lower, upper = torch.minimum(a, b), torch.maximum(a, b)
+            # share of each corner's gradient that goes to a: 1 where a is the lower corner, 0 where
+            # it is the upper one, 1/2 on ties (as torch.minimum's backward splits them)
+            corner_aux = torch.sign(b - a).add_(1).mul_(0.5)
+        else:
+            half = F.softplus(b)
+            lower, upper = a - half, a + half
+            corner_aux = torch.sigmoid(b)  # d softplus(b) / db
+        t = class_text.to(out.dtype)
+        lu = (upper @ t.T).to(acc).mul_(scale)
+        ll = (lower @ t.T).to(acc).mul_(scale)
+        logp = torch.log_softmax(torch.stack([lu, ll, (lu + ll) * 0.5]), dim=-1)  # (3, n, C): +, -, centre
+        nll = -logp.gather(-1, labels.view(1, n, 1).expand(3, n, 1)).squeeze(-1)
+        ce = nll.mean(-1) if reduction == "mean" else nll.sum(-1)
+
+        saved = [lower, upper, corner_aux, logp, labels, t]
+        if volume == "dot":
+            v = (lower * upper).sum(-1, dtype=acc)
+        elif volume == "dot_normalized":
+            nl = torch.linalg.vector_norm(lower, dim=-1, dtype=acc).clamp_min(1e-12)  # F.normalize's eps
+            nu = torch.linalg.vector_norm(upper, dim=-1, dtype=acc).clamp_min(1e-12)
+            v = (lower * upper).sum(-1, dtype=acc) / (nl * nu)
+            saved += [nl, nu, v]
+        else:
+            width = upper - lower + eps
+            v = -torch.log(width.to(acc)).sum(-1)
+            saved += [width]
+        bv = v.mean() if reduction == "mean" else v.sum()
+        ctx.save_for_backward(*saved)
+        ctx.cfg = (corners, volume, reduction, scale)
+        return bv, ce[0], ce[1], ce[2]
+
+    @staticmethod
+    def backward(ctx, g_bv, g_plus, g_minus, g_center):
+        corners, volume, reduction, scale = ctx.cfg
+        lower, upper, corner_aux, logp, labels, t, *vol = ctx.saved_tensors
+        n, dt = lower.shape[0], lower.dtype
+        r = 1.0 / n if reduction == "mean" else 1.0
+        # d CE / d logits = softmax - one-hot; the centre's logits feed both corners' by halves
+        p = logp.exp()
+        p[:, torch.arange(n, device=p.device), labels] -= 1
+        share = p[2] * (0.5 * g_center)
+        g_lu = (p[0] * g_plus).add_(share).mul_(r * scale)
+        g_ll = (p[1] * g_minus).add_(share).mul_(r * scale)
+        g_upper, g_lower = g_lu.to(dt) @ t, g_ll.to(dt) @ t
+
+        k = g_bv * r
+        if volume == "dot":
+            g_lower.addcmul_(upper, k.to(dt))
+            g_upper.addcmul_(lower, k.to(dt))
+        elif volume == "dot_normalized":
+            nl, nu, cos = vol  # d cos / d lower = upper / (|l| |u|) - cos * lower / |l|^2, and symmetrically
+            cross = (k / (nl * nu)).unsqueeze(1).to(dt)
+            g_lower.addcmul_(upper, cross).addcmul_(lower, (-k * cos / nl.square()).unsqueeze(1).to(dt))
+            g_upper.addcmul_(lower, cross).addcmul_(upper, (-k * cos / nu.square()).unsqueeze(1).to(dt))
+        else:
+            (width,) = vol
+            q = k.to(dt) / width  # d(-log w)/d upper = -1/w, d/d lower = +1/w
+            g_lower.add_(q)
+            g_upper.sub_(q)
+
+        g_out = torch.empty(n, 2 * lower.shape[1], dtype=dt, device=lower.device)
+        g_a, g_b = g_out.chunk(2, dim=-1)
+        if corners == "minmax":
+            diff = g_lower - g_upper
+            torch.addcmul(g_upper, corner_aux, diff, out=g_a)
+            torch.addcmul(g_lower, corner_aux, diff, value=-1, out=g_b)
+        else:
+            torch.add(g_lower, g_upper, out=g_a)
+            torch.mul(g_upper - g_lower, corner_aux, out=g_b)
+        return g_out, None, None, None, None, None, None, None

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .box import sample_boxes
-from .train import batches, check_training, effective_epochs, seeded_init
+from .train import autocast, batches, check_precision, check_training, compute_dtype, effective_epochs, make_optimizer, seeded_init
 from .utils import make_generator, resolve_device
 
 SELECT_METRICS = ("balanced_acc", "top1")
@@ -123,6 +123,8 @@ class ProbeConfig:
     seed: initialisation, batch order and box sampling.
     min_steps, max_steps: bounds on the optimiser steps (0: none), counted on the originals plus
         the augmenter's extra embeddings; the epochs are stretched or cut to meet them.
+    precision: ``fp32`` (default) or ``bf16`` autocast for training and model selection, as in
+        :class:`lare.box.BoxConfig`; predictions afterwards run in float32.
     """
 
     epochs: int = 100
@@ -133,8 +135,10 @@ class ProbeConfig:
     seed: int = 0
     min_steps: int = 0
     max_steps: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self):
+        check_precision(self.precision)
         check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
@@ -172,15 +176,16 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
     dev = resolve_device(device)
     if train_x.dim() != 2 or len(train_x) != len(train_y):
         raise ValueError(f"train embeddings must be (n, d) with n labels, got {tuple(train_x.shape)}, {tuple(train_y.shape)}")
-    x, y = train_x.to(dev, torch.float32), train_y.to(dev)
+    dtype = compute_dtype(cfg.precision)  # inputs only meet the linear layer: cast once, not per batch
+    x, y = train_x.to(dev, dtype), train_y.to(dev)
     has_val = val_x is not None and val_y is not None and len(val_x) > 0
     if has_val:
-        vx, vy = val_x.to(dev, torch.float32), val_y.to(dev)
+        vx, vy = val_x.to(dev, dtype), val_y.to(dev)
     if augment is not None and hasattr(augment, "to"):
         augment = augment.to(dev)
 
     model = seeded_init(lambda: nn.Linear(x.shape[1], num_classes), cfg.seed).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, dev)
     order_gen = make_generator(cfg.seed, "cpu")
     sample_gen = make_generator(cfg.seed + 1, dev)
 
@@ -193,10 +198,11 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
         ex, ey = x, y
         if augment is not None:
             ax, ay = augment(epoch, sample_gen)
-            ex, ey = torch.cat([x, ax.to(torch.float32)]), torch.cat([y, ay])
+            ex, ey = torch.cat([x, ax.to(dtype)]), torch.cat([y, ay])
         total, count = torch.zeros((), device=dev), 0
         for idx in batches(len(ex), cfg.batch_size, order_gen, dev):
-            loss = F.cross_entropy(model(ex[idx]), ey[idx])
+            with autocast(dev, cfg.precision):
+                loss = F.cross_entropy(model(ex[idx]), ey[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -205,7 +211,7 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
         row = {"epoch": epoch, "train_loss": (total / count).item()}
         if has_val:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(dev, cfg.precision):
                 row.update({f"val_{k}": v for k, v in metrics(model(vx).argmax(-1), vy, num_classes).items()})
             score = row[f"val_{cfg.select}"]
         else:

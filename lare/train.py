@@ -3,10 +3,16 @@
 Tensors stay on the device; batches are index slices of a seeded permutation (no DataLoader,
 no per-sample Python). The epoch with the lowest validation ``total`` is kept (the last epoch
 when there is no validation split).
+
+``precision="bf16"`` runs the forward pass under bfloat16 autocast (about twice the matrix
+throughput of float32 on CPUs with AVX512-BF16 or AMX and on recent GPUs); weights, the AdamW
+state and the loss reductions stay float32. It changes the numbers slightly, so it is a recorded
+setting of every config, never switched on behind the user's back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -18,6 +24,30 @@ from tqdm.auto import tqdm
 from .utils import make_generator
 
 TermsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (training on cached embeddings), got {precision!r}")
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype inputs are held in for ``precision`` (autocast would cast them to it anyway)."""
+    check_precision(precision)
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast(device: torch.device, precision: str):
+    """bfloat16 autocast for ``bf16``, nothing for ``fp32``."""
+    if compute_dtype(precision) == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_optimizer(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel (one pass over all parameters per step) where torch has one."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
 def is_int(v) -> bool:
@@ -74,13 +104,14 @@ def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor, *,
              val: tuple[torch.Tensor, torch.Tensor] | None, epochs: int, batch_size: int, lr: float,
-             weight_decay: float, seed: int, desc: str, progress: bool) -> tuple[int, list[dict]]:
+             weight_decay: float, seed: int, desc: str, progress: bool,
+             precision: str = "fp32") -> tuple[int, list[dict]]:
     """AdamW on ``terms(x_batch, y_batch)["total"]``; loads the best epoch's weights into ``model``.
 
     Returns ``(best_epoch, history)``; ``history`` has per epoch the mean training terms
     (``train_*``) and the validation terms (``val_*``).
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(model.parameters(), lr, weight_decay, x.device)
     gen = make_generator(seed, "cpu")
     history, best, best_epoch, best_state = [], float("inf"), -1, None
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
@@ -88,7 +119,8 @@ def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor,
         model.train()
         sums, count = {}, 0
         for idx in batches(len(x), batch_size, gen, x.device):
-            t = terms(x[idx], y[idx])
+            with autocast(x.device, precision):
+                t = terms(x[idx], y[idx])
             opt.zero_grad(set_to_none=True)
             t["total"].backward()
             opt.step()
@@ -98,7 +130,7 @@ def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor,
         row = {"epoch": epoch, **{f"train_{k}": (v / count).item() for k, v in sums.items()}}
         if val is not None:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(x.device, precision):
                 row.update({f"val_{k}": v.item() for k, v in terms(*val).items()})
             score = row["val_total"]
         else:

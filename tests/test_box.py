@@ -161,7 +161,7 @@ def test_sample_boxes_bad_k_raises():
 @pytest.mark.parametrize("kwargs", [
     dict(alpha=1.5), dict(alpha=-0.01), dict(corners="x"), dict(activation="softmax"), dict(volume="cube"),
     dict(reduction="max"), dict(epochs=0), dict(epochs=-3), dict(batch_size=-1), dict(lr=0.0), dict(lr=-1e-3),
-    dict(scale=0.0), dict(scale=-100.0),
+    dict(scale=0.0), dict(scale=-100.0), dict(precision="fp16"), dict(precision="float32"),
 ])
 def test_box_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
@@ -263,3 +263,22 @@ def test_train_box_rejects_bad_inputs(data):
         train_box(x, y + SPEC.num_classes, text, CFG, device="cpu", progress=False)
     with pytest.raises(ValueError):
         train_box(x, y, text, CFG, val_x=x[:5, :-1], val_y=y[:5], device="cpu", progress=False)
+
+
+def test_train_box_bf16_matches_fp32_closely_and_is_deterministic(data):
+    """bf16 autocast changes the numbers slightly, not the outcome; same seed, same numbers."""
+    cfg32 = BoxConfig(epochs=15, batch_size=32, lr=1e-2, seed=0)
+    cfg16 = BoxConfig(**{**cfg32.to_dict(), "precision": "bf16"})
+    r32, r16a, r16b = fit(data, cfg32), fit(data, cfg16), fit(data, cfg16)
+    assert r16a.config.to_dict()["precision"] == "bf16"  # recorded with the result
+    assert r16a.history == r16b.history
+    assert all(math.isfinite(h["train_total"]) for h in r16a.history)
+    assert r16a.history != r32.history
+    first32, last32 = r32.history[0]["train_total"], r32.history[-1]["train_total"]
+    last16 = r16a.history[-1]["train_total"]
+    assert last16 < first32 - 0.5 * (first32 - last32)  # it trains
+    assert abs(last16 - last32) < 0.1 * abs(first32 - last32) + 0.02
+    for p in r16a.model.parameters():
+        assert p.dtype == torch.float32  # master weights stay float32
+    lower, upper = r16a.boxes(data["test_x"])
+    assert lower.dtype == torch.float32 and (upper >= lower).all()

@@ -103,7 +103,7 @@ def test_lads_augmenter_architecture():
 
 
 @pytest.mark.parametrize("kwargs", [dict(domain_weight=1.5), dict(domain_weight=-0.1), dict(epochs=0),
-                                    dict(lr=0.0), dict(batch_size=-1)])
+                                    dict(lr=0.0), dict(batch_size=-1), dict(precision="half")])
 def test_lads_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         LADSConfig(**kwargs)
@@ -175,3 +175,13 @@ def test_train_lads_rejects_bad_inputs(data):
     with pytest.raises(ValueError):
         train_lads(x, y + SPEC.num_classes, data["photo_text"], data["painting_text"], CFG, device="cpu",
                    progress=False)
+
+
+def test_train_lads_bf16_trains_close_to_fp32(data, trained):
+    res = fit(data, LADSConfig(**{**CFG.to_dict(), "precision": "bf16"}))
+    assert res.config.precision == "bf16"
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())
+    t16, t32 = res.history[-1]["train_total"], trained.history[-1]["train_total"]
+    first = trained.history[0]["train_total"]
+    assert math.isfinite(t16) and t16 < first - 0.1
+    assert abs(t16 - t32) < 0.1 * (first - t32) + 0.02

@@ -17,8 +17,10 @@ from lare.losses import (
     box_volume_loss,
     box_volume_variant,
     class_consistency_loss,
+    corners_of,
     lare_loss,
     lare_loss_terms,
+    lare_loss_terms_fused,
 )
 
 LOWER = [[0.1, -0.2, 0.3], [0.5, 0.0, -0.4]]
@@ -308,3 +310,73 @@ def test_log_volume_gradient_widens_the_box(inputs):
     widths = t(UPPER) - t(LOWER)
     assert torch.allclose(upper.grad, -1 / widths)
     assert torch.allclose(lower.grad, 1 / widths)
+
+
+# ---------------------------------------------------------------- the fused training form
+FUSED_CASES = [(c, v, r) for c in ("minmax", "center_width") for v in VOLUME_FORMS for r in ("mean", "sum")]
+
+
+def _raw_output(n, d, corners, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.randn(n, 2 * d, generator=g, dtype=torch.float64)
+    if corners == "minmax":
+        out[:3, d:] = out[:3, :d]  # ties: torch.minimum's backward splits them, so must the fused one
+    return out
+
+
+@pytest.mark.parametrize("corners,volume,reduction", FUSED_CASES)
+def test_fused_terms_equal_literal_terms_and_gradients(corners, volume, reduction):
+    """lare_loss_terms_fused == lare_loss_terms(*corners_of(out)) in value and in d/d out, float64."""
+    n, d, c = 23, 12, 7
+    g = torch.Generator().manual_seed(1)
+    text = torch.nn.functional.normalize(torch.randn(c, d, generator=g, dtype=torch.float64), dim=-1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    out = _raw_output(n, d, corners, seed=2)
+    kw = dict(alpha=0.3, scale=7.0, reduction=reduction, volume=volume)
+    o_ref, o_fused = out.clone().requires_grad_(), out.clone().requires_grad_()
+    ref = lare_loss_terms(*corners_of(o_ref, corners), text, labels, **kw)
+    fused = lare_loss_terms_fused(o_fused, text, labels, corners=corners, **kw)
+    assert set(fused) == set(ref)
+    for k in ref:
+        assert fused[k].item() == pytest.approx(ref[k].item(), rel=1e-10, abs=1e-12), k
+    # a random weighting of all five outputs exercises every incoming gradient of the fused node
+    w = torch.rand(len(ref), generator=g, dtype=torch.float64) + 0.1
+    sum(wi * ref[k] for wi, k in zip(w, ref, strict=True)).backward()
+    sum(wi * fused[k] for wi, k in zip(w, ref, strict=True)).backward()
+    assert torch.allclose(o_fused.grad, o_ref.grad, rtol=1e-9, atol=1e-12)
+    assert o_fused.grad.abs().sum() > 0
+
+
+def test_fused_terms_pass_torch_gradcheck():
+    n, d, c = 5, 4, 3
+    g = torch.Generator().manual_seed(3)
+    text = torch.randn(c, d, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    for corners in ("minmax", "center_width"):
+        out = torch.randn(n, 2 * d, generator=g, dtype=torch.float64, requires_grad=True)
+        def fn(o, corners=corners):
+            return lare_loss_terms_fused(o, text, labels, corners=corners, alpha=0.4, scale=3.0,
+                                         volume="dot_normalized")["total"]
+        assert torch.autograd.gradcheck(fn, (out,))
+
+
+def test_fused_terms_under_bf16_autocast_stay_close_to_float32():
+    n, d, c = 64, 32, 10
+    g = torch.Generator().manual_seed(4)
+    text = torch.nn.functional.normalize(torch.randn(c, d, generator=g), dim=-1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    out32 = torch.randn(n, 2 * d, generator=g) * 0.1
+    ref = lare_loss_terms_fused(out32, text, labels, corners="minmax", alpha=0.5, scale=100.0, volume="dot_normalized")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = lare_loss_terms_fused(out32.bfloat16(), text, labels, corners="minmax", alpha=0.5, scale=100.0,
+                                    volume="dot_normalized")
+    for k in ref:
+        assert low[k].dtype == torch.float32  # reductions never in bf16
+        assert low[k].item() == pytest.approx(ref[k].item(), rel=0.05, abs=0.05), k
+
+
+@pytest.mark.parametrize("kwargs", [dict(corners="box"), dict(volume="cube"), dict(reduction="max"), dict(alpha=2.0)])
+def test_fused_terms_reject_bad_options(kwargs):
+    args = dict(corners="minmax", alpha=0.5, scale=1.0, reduction="mean", volume="dot")
+    with pytest.raises(ValueError):
+        lare_loss_terms_fused(torch.zeros(2, 6), torch.zeros(3, 3), torch.tensor([0, 1]), **{**args, **kwargs})

@@ -73,7 +73,8 @@ def test_zero_shot_classifies_text_prototypes():
 
 
 # ---------------------------------------------------------------- config
-@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(batch_size=-2), dict(lr=0.0), dict(select="f1")])
+@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(batch_size=-2), dict(lr=0.0), dict(select="f1"),
+                                    dict(precision="fp16")])
 def test_probe_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         ProbeConfig(**kwargs)
@@ -220,3 +221,14 @@ def test_train_probe_with_box_sampler():
     assert a.history == b.history  # seeded box sampling
     assert a.history != plain.history  # the samples changed the training
     assert a.evaluate(vx, vy)["top1"] > 95
+
+
+def test_train_probe_bf16_learns_and_matches_fp32():
+    x, y = blobs(40)
+    tx, ty = blobs(40, seed=1)
+    bf = ProbeConfig(**{**FAST.to_dict(), "precision": "bf16"})
+    r16, r16b, r32 = fit(x, y, 3, bf), fit(x, y, 3, bf), fit(x, y, 3, FAST)
+    assert r16.history == r16b.history
+    assert r16.model.weight.dtype == torch.float32
+    assert r16.evaluate(tx, ty)["top1"] > 95
+    assert abs(r16.history[-1]["train_loss"] - r32.history[-1]["train_loss"]) < 0.05
