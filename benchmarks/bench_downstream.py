@@ -58,9 +58,13 @@ SETTINGS = ("box", "sampling", "probe", "lads", "seeds", "shots", "val_fraction"
             "baseline_encoders", "encoders")
 
 
-def profile_settings(profile: str, dataset: str) -> dict:
-    """What notebooks 02-04 would use: their parameters cell, updated by params/<profile>/<dataset>.yaml."""
+def profile_settings(profile: str, dataset: str, precision: str = "") -> dict:
+    """What notebooks 02-04 would use: their parameters cell, updated by params/<profile>/<dataset>.yaml;
+    ``precision`` (when given) replaces the training precision of f_Box, the probes and LADS."""
     values = merged_parameters(REPO / "params" / profile / f"{dataset}.yaml", [])
+    if precision:
+        for key in ("box", "probe", "lads"):
+            values[key] = {**values[key], "precision": precision}
     return {k: values[k] for k in SETTINGS}
 
 
@@ -68,6 +72,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="paper", help="params/<profile>/<dataset>.yaml gives the settings (default paper)")
     ap.add_argument("--seeds", default="", help="comma-separated seeds (default: the profile's, paper: 0-4)")
+    ap.add_argument("--precision", default="", choices=["", "fp32", "bf16"],
+                    help="training precision of f_Box, the probes and LADS (default: the profile's, fp32)")
     ap.add_argument("--quick", action="store_true", help="the first seed only; the time of all seeds is extrapolated")
     ap.add_argument("--datasets", default="cub,cifar100")
     ap.add_argument("--dim", type=int, default=768)
@@ -113,7 +119,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     datasets = [d.strip() for d in args.datasets.split(",")]
-    settings = {ds: profile_settings(args.profile, ds) for ds in datasets}
+    settings = {ds: profile_settings(args.profile, ds, args.precision) for ds in datasets}
     all_seeds = sorted({s for ds in datasets for s in settings[ds]["seeds"]})
     if args.seeds:
         all_seeds = [int(s) for s in args.seeds.split(",")]

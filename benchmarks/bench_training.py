@@ -1,35 +1,40 @@
 """Training benchmark: f_Box and the linear probe on cached embeddings.
 
-For each batch size (256, 1024, 4096 and the full training set) it measures, in one run:
+For each precision (``--precisions``, default fp32 and bf16) and batch size (256, 1024, 4096 and
+the full training set) it measures, in one run:
 
 - epoch time of the library (``lare.box.train_box`` / ``lare.probe.train_probe``, tensors on the
-  device, index-slice batches, no validation split so that only training is timed);
-- achieved FLOP/s = the matrix-multiply FLOPs autograd performs per epoch (counted analytically
-  below) / the library's epoch time, divided by the FLOP/s of plain ``torch.matmul`` calls of
-  exactly those shapes, timed on the same machine in the same run (target >= 0.5);
+  device, index-slice batches, f_Box's fused loss node, fused AdamW, no validation split so that
+  only training is timed);
+- achieved FLOP/s = the matrix-multiply FLOPs the library performs per epoch (counted
+  analytically below) / its epoch time, divided by the FLOP/s of plain ``torch.matmul`` calls of
+  exactly those shapes in the same precision, timed on the same machine in the same run
+  (target >= 0.5);
 - the speed-up per epoch over a straightforward reference loop: ``DataLoader(TensorDataset(x, y),
-  batch_size=256, shuffle=True)``, the same model, AdamW and loss, ``loss.item()`` per batch (as
-  LADS does it) (target >= 3x), printed beside its ceiling: the reference's epoch time divided by
-  the plain-matmul time of the same epoch (what a loop with zero overhead would reach);
+  batch_size=256, shuffle=True)``, the same model, AdamW, float32 and the literal loss
+  (``lare.losses.lare_loss_terms`` on ``BoxNet``'s corners), ``loss.item()`` per batch (as LADS
+  does it) (target >= 3x), printed beside its ceiling: the reference's epoch time divided by the
+  plain-matmul time of the library's epoch (what a loop with zero overhead would reach);
 - convergence: final training loss and validation figures after the same number of epochs
-  (``--epochs``, default 50, the paper profile's setting) for each batch size and for the
-  reference, so a reader can judge whether a large batch "converges as well".
+  (``--epochs``, default 50, the paper profile's setting) for each precision and batch size and
+  for the reference, so a reader can judge whether a large batch or bf16 "converges as well".
 
-Timing: rounds interleave every configuration (reference, library at each batch size, plain
-matmul of each batch size's shapes), so load from other processes hits them alike; each timed run
-lasts at least ``--min-run`` seconds; the best round is reported with the median beside it.
+Timing: rounds interleave every configuration (reference, library at each precision and batch
+size, plain matmul of each one's shapes), so load from other processes hits them alike; each
+timed run lasts at least ``--min-run`` seconds; the best round is reported with the median beside it.
 The data are synthetic unit vectors with class structure (``lare.synthetic``, noise 1.0 so the
 probe does not reach 100%).
 
 Matmul FLOPs per step with batch b (2*m*k*n per (m, k) x (k, n) product), x has no gradient:
   f_Box (Linear(d, h) -> ReLU -> Linear(h, 2d), class text T (C, d) fixed):
-    forward  b*d*h, b*h*2d, 3 x b*d*C (logits of upper, lower and centre corners)
+    forward  b*d*h, b*h*2d, 2 x b*d*C (logits of the upper and lower corners; the library takes the
+             centre's logits as their mean, the reference computes a third product)
     backward h*b*d (dW1; no grad for x), 2d*b*h (dW2), b*2d*h (grad of the hidden layer),
-             3 x b*C*d (grad of the corners; none for T)
+             2 x b*C*d (grad of the corners; none for T; the reference: 3)
   probe (Linear(d, C)): forward b*d*C, backward C*b*d (dW; no grad for x).
 
     python benchmarks/bench_training.py                       # CPU, defaults
-    python benchmarks/bench_training.py --epochs 20 --repeats 2
+    python benchmarks/bench_training.py --epochs 20 --repeats 2 --precisions bf16
     python benchmarks/bench_training.py --device cuda
 """
 
@@ -67,6 +72,7 @@ def parse_args(argv=None):
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--classes", type=int, default=200)
     ap.add_argument("--batch-sizes", default="256,1024,4096,0", help="comma-separated; 0 = full batch")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated training precisions of the library")
     ap.add_argument("--timing-epochs", type=int, default=3,
                     help="least epochs per timed run (epoch time = run time / epochs; more for fast configurations)")
     ap.add_argument("--min-run", type=float, default=1.0, help="least seconds per timed run (sets the epochs of fast ones)")
@@ -81,11 +87,12 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- FLOP counting
-def step_shapes(kind: str, b: int, d: int, c: int, h: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every matrix product autograd runs in one training step of batch ``b``."""
+def step_shapes(kind: str, b: int, d: int, c: int, h: int, logits: int = 2) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product of one training step of batch ``b``; ``logits``: how many
+    corner-logit products f_Box computes (2 in the library, 3 in the literal reference)."""
     if kind == "box":
-        return [(b, d, h), (b, h, 2 * d), *[(b, d, c)] * 3,          # forward
-                (h, b, d), (2 * d, b, h), (b, 2 * d, h), *[(b, c, d)] * 3]  # backward
+        return [(b, d, h), (b, h, 2 * d), *[(b, d, c)] * logits,          # forward
+                (h, b, d), (2 * d, b, h), (b, 2 * d, h), *[(b, c, d)] * logits]  # backward
     return [(b, d, c), (c, b, d)]
 
 
@@ -99,14 +106,15 @@ def flops_of(shapes) -> int:
     return sum(2 * m * k * n for m, k, n in shapes)
 
 
-def matmul_plan(kind: str, steps: list[int], d: int, c: int, h: int, device) -> list[tuple]:
+def matmul_plan(kind: str, steps: list[int], d: int, c: int, h: int, device, dtype=torch.float32) -> list[tuple]:
     """Pre-made operands of every product of one epoch (one set per distinct shape)."""
     ops = {}
     for b in set(steps):
         for m, k, n in step_shapes(kind, b, d, c, h):
             if (m, k, n) not in ops:
-                ops[(m, k, n)] = (torch.randn(m, k, device=device), torch.randn(k, n, device=device),
-                                  torch.empty(m, n, device=device))
+                ops[(m, k, n)] = (torch.randn(m, k, device=device, dtype=dtype),
+                                  torch.randn(k, n, device=device, dtype=dtype),
+                                  torch.empty(m, n, device=device, dtype=dtype))
     return [ops[s] for b in steps for s in step_shapes(kind, b, d, c, h)]
 
 
@@ -151,13 +159,13 @@ def reference_epochs(kind: str, x, y, t, epochs: int, device, seed: int = 0) -> 
 
 
 # ---------------------------------------------------------------- library runs
-def library_run(kind: str, x, y, t, batch_size: int, epochs: int, device):
+def library_run(kind: str, x, y, t, batch_size: int, epochs: int, device, precision: str = "fp32"):
     """(model, last epoch's mean training loss) of the library's trainer, no validation split."""
     if kind == "box":
-        cfg = BoxConfig(**{**BOX.to_dict(), "epochs": epochs, "batch_size": batch_size})
+        cfg = BoxConfig(**{**BOX.to_dict(), "epochs": epochs, "batch_size": batch_size, "precision": precision})
         res = train_box(x, y, t, cfg, device=device, progress=False)
         return res.model, res.history[-1]["train_total"]
-    cfg = ProbeConfig(**{**PROBE.to_dict(), "epochs": epochs, "batch_size": batch_size})
+    cfg = ProbeConfig(**{**PROBE.to_dict(), "epochs": epochs, "batch_size": batch_size, "precision": precision})
     res = train_probe(x, y, t.shape[0], cfg, device=device, progress=False)
     return res.model, res.history[-1]["train_loss"]
 
@@ -181,74 +189,82 @@ def bench(kind: str, data, args, device, summary: list[str]) -> None:
     n, d, c = x.shape[0], x.shape[1], t.shape[0]
     h = d
     sizes = [int(s) for s in args.batch_sizes.split(",")]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    configs = [(p, s) for p in precisions for s in sizes]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     name = "f_Box" if kind == "box" else "linear probe"
     print(f"\n--- {name}: n={n}, d={d}, C={c}" + (f", hidden {h}" if kind == "box" else "") + " ---", flush=True)
 
+    def label(cfg):
+        p, s = cfg
+        return f"{p} " + (f"batch {s}" if s else f"full batch ({n})")
+
     # Warm-up, and one epoch of each to size the timed runs: a run lasts at least --min-run seconds
     # (short runs drown in scheduler noise when other processes share the cores).
-    library_run(kind, x[:1024], y[:1024], t, 256, 1, device)
+    for p in precisions:
+        library_run(kind, x[:1024], y[:1024], t, 256, 1, device, p)
     reference_epochs(kind, x[:1024], y[:1024], t, 1, device)
     est_ref = reference_epochs(kind, x, y, t, 1, device)[0]
-    e_ref = min(50, max(args.timing_epochs, -(-args.min_run // est_ref)))
+    e_ref = int(min(50, max(args.timing_epochs, -(-args.min_run // est_ref))))
     e_lib, plans = {}, {}
-    for s in sizes:
-        est = timed(lambda s=s: library_run(kind, x, y, t, s, 1, device), device)
-        e_lib[s] = int(min(50, max(args.timing_epochs, -(-args.min_run // est))))
-        plans[s] = matmul_plan(kind, epoch_steps(n, s), d, c, h, device)
-        est_mm = timed(lambda s=s: run_plan(plans[s]), device)
-        plans[s] = (plans[s], int(max(1, -(-args.min_run // est_mm))))
-    e_ref = int(e_ref)
-    print(f"timed runs: reference {e_ref} epochs; library " + ", ".join(f"batch {s or 'full'} {e_lib[s]} epochs"
-          for s in sizes) + "; plain matmul " + ", ".join(f"{plans[s][1]} epoch(s)" for s in sizes), flush=True)
+    for cfg in configs:
+        p, s = cfg
+        est = timed(lambda p=p, s=s: library_run(kind, x, y, t, s, 1, device, p), device)
+        e_lib[cfg] = int(min(50, max(args.timing_epochs, -(-args.min_run // est))))
+        plan = matmul_plan(kind, epoch_steps(n, s), d, c, h, device, dtypes[p])
+        est_mm = timed(lambda plan=plan: run_plan(plan), device)
+        plans[cfg] = (plan, int(max(1, -(-args.min_run // est_mm))))
+    print(f"timed runs: reference {e_ref} epochs; library " + ", ".join(f"{label(k)} {e_lib[k]} epochs" for k in configs)
+          + "; plain matmul " + ", ".join(f"{plans[k][1]} epoch(s)" for k in configs), flush=True)
 
-    lib_times = {s: [] for s in sizes}
-    mm_times = {s: [] for s in sizes}
+    lib_times = {k: [] for k in configs}
+    mm_times = {k: [] for k in configs}
     ref_times = []
     for r in range(args.repeats):
         line = f"round {r + 1}/{args.repeats} (s/epoch):"
         ref_times.append(reference_epochs(kind, x, y, t, e_ref, device)[0] / e_ref)
         line += f" reference {ref_times[-1]:.4f}"
-        for s in sizes:
-            lib_times[s].append(timed(lambda s=s: library_run(kind, x, y, t, s, e_lib[s], device), device) / e_lib[s])
-            plan, reps = plans[s]
-            mm_times[s].append(timed(lambda plan=plan, reps=reps: [run_plan(plan) for _ in range(reps)], device) / reps)
-            line += f", batch {s or 'full'} {lib_times[s][-1]:.4f} (matmul {mm_times[s][-1]:.4f})"
+        for k in configs:
+            p, s = k
+            e = e_lib[k]
+            lib_times[k].append(timed(lambda p=p, s=s, e=e: library_run(kind, x, y, t, s, e, device, p), device) / e)
+            plan, reps = plans[k]
+            mm_times[k].append(timed(lambda plan=plan, reps=reps: [run_plan(plan) for _ in range(reps)], device) / reps)
+            line += f", {label(k)} {lib_times[k][-1]:.4f} (matmul {mm_times[k][-1]:.4f})"
         print(line, flush=True)
     ref_best, ref_med = best_and_median(ref_times)
-    print(f"reference loop (DataLoader, batch 256): {ref_best:.4f} s/epoch (median {ref_med:.4f})")
+    print(f"reference loop (DataLoader, batch 256, fp32): {ref_best:.4f} s/epoch (median {ref_med:.4f})")
 
-    for s in sizes:
-        steps = epoch_steps(n, s)
+    for k in configs:
+        steps = epoch_steps(n, k[1])
         flops = sum(flops_of(step_shapes(kind, b, d, c, h)) for b in steps)
-        mm = min(mm_times[s])
-        best, med = best_and_median(lib_times[s])
+        mm = min(mm_times[k])
+        best, med = best_and_median(lib_times[k])
         ratio = mm / best
         speedup = ref_best / best
-        label = f"batch {s}" if s else f"full batch ({n})"
-        line = (f"{name:12s} {label:18s}: {best:.4f} s/epoch (median {med:.4f}), {len(steps)} steps, "
-                f"{flops / 1e9:.1f} GFLOP/epoch -> {flops / best / 1e9:.1f} GFLOP/s; plain matmul of the same shapes "
+        line = (f"{name:12s} {label(k):23s}: {best:.4f} s/epoch (median {med:.4f}), {len(steps)} steps, "
+                f"{flops / 1e9:.1f} GFLOP/epoch -> {flops / best / 1e9:.1f} GFLOP/s; plain {k[0]} matmul of the same shapes "
                 f"{flops / mm / 1e9:.1f} GFLOP/s; ratio {ratio:.2f} [{'meets' if ratio >= 0.5 else 'MISSES'} >= 0.5]; "
                 f"speed-up over reference {speedup:.2f}x [{'meets' if speedup >= 3 else 'MISSES'} >= 3x] "
-                f"(ceiling at this precision: reference / plain matmul time = {ref_best / mm:.2f}x)")
+                f"(ceiling: reference / plain matmul time = {ref_best / mm:.2f}x)")
         print(line, flush=True)
         summary.append(line)
-    ref_flops = sum(flops_of(step_shapes(kind, b, d, c, h)) for b in epoch_steps(n, 256))
-    summary.append(f"{name:12s} reference loop     : {ref_best:.4f} s/epoch (median {ref_med:.4f}), DataLoader batch 256, "
-                   f"{ref_flops / ref_best / 1e9:.1f} GFLOP/s")
+    ref_flops = sum(flops_of(step_shapes(kind, b, d, c, h, logits=3)) for b in epoch_steps(n, 256))
+    summary.append(f"{name:12s} reference loop          : {ref_best:.4f} s/epoch (median {ref_med:.4f}), DataLoader batch 256, "
+                   f"fp32, {ref_flops / ref_best / 1e9:.1f} GFLOP/s")
 
     if args.epochs:
         print(f"convergence after {args.epochs} epochs (seed 0, same data; no validation-based selection):", flush=True)
         secs, model, loss = reference_epochs(kind, x, y, t, args.epochs, device)
-        line = (f"{name:12s} reference batch 256 : train loss {loss:.4f}, {validation(kind, model, vx, vy, t, device)}, "
+        line = (f"{name:12s} reference fp32 batch 256 : train loss {loss:.4f}, {validation(kind, model, vx, vy, t, device)}, "
                 f"{secs / args.epochs:.3f} s/epoch")
         print(line, flush=True)
         summary.append(line)
-        for s in sizes:
+        for k in configs:
             t0 = time.perf_counter()
-            model, loss = library_run(kind, x, y, t, s, args.epochs, device)
+            model, loss = library_run(kind, x, y, t, k[1], args.epochs, device, k[0])
             secs = time.perf_counter() - t0
-            label = f"batch {s}" if s else "full batch"
-            line = (f"{name:12s} lare {label:14s}: train loss {loss:.4f}, {validation(kind, model, vx, vy, t, device)}, "
+            line = (f"{name:12s} lare {label(k):20s}: train loss {loss:.4f}, {validation(kind, model, vx, vy, t, device)}, "
                     f"{secs / args.epochs:.3f} s/epoch")
             print(line, flush=True)
             summary.append(line)
