@@ -403,12 +403,18 @@ def text_manifest(encoder_info: dict[str, Any], *, class_names: Sequence[str], t
 def cached_class_text(encoder, class_names: Sequence[str], templates: Sequence[str], *, cache_dir: str | Path,
                       purpose: str = "class") -> torch.Tensor:
     """Class text embeddings ``T(c)`` (see :func:`lare.encoders.class_text_embeddings`), cached."""
+    return class_text_entry(encoder, class_names, templates, cache_dir=cache_dir, purpose=purpose).embeddings
+
+
+def class_text_entry(encoder, class_names: Sequence[str], templates: Sequence[str], *, cache_dir: str | Path,
+                     purpose: str = "class"):
+    """The cache entry of :func:`cached_class_text` (its ``path`` goes into a run's embedding index)."""
     from .encoders import class_text_embeddings
 
     manifest = text_manifest(encoder.info(), class_names=class_names, templates=templates, purpose=purpose)
     path = open_entry(cache_dir, manifest)
     if is_complete(path):
-        return load_embeddings(path, manifest).embeddings
+        return load_embeddings(path, manifest)
     emb = class_text_embeddings(encoder, class_names, templates)
     ids = [f"{i}:{c}" for i, c in enumerate(class_names)]  # unique even if two classes share a name
-    return save_embeddings(path, manifest, emb, torch.arange(len(class_names)), ids).embeddings
+    return save_embeddings(path, manifest, emb, torch.arange(len(class_names)), ids)

@@ -288,7 +288,7 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
     ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
     ``domain_templates`` (e.g. photo / painting prompts with one '{}') feed LADS.
     """
-    from .cache import cached_class_text, extract_embeddings
+    from .cache import class_text_entry, extract_embeddings
     from .encoders import load_encoder
 
     if precision == "auto":  # mixed precision where it pays; the choice is recorded in the manifest
@@ -304,11 +304,10 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
             skipped[split] = es.skipped
             print(f"{encoder}/{split}: skipped {len(es.skipped)} images that do not decode, e.g. {es.skipped[:3]}")
 
-    from .cache import _barrier, _dist, entry_dir, text_manifest
+    from .cache import _barrier, _dist
 
     def text(purpose, temps):
-        cached_class_text(enc, class_names, temps, cache_dir=cache_dir, purpose=purpose)
-        return str(entry_dir(cache_dir, text_manifest(enc.info(), class_names=class_names, templates=temps, purpose=purpose)))
+        return str(class_text_entry(enc, class_names, temps, cache_dir=cache_dir, purpose=purpose).path)
 
     path = index_path(run_dir, dataset, encoder)
     if _dist()[0] == 0:  # text embeddings and the index are small: one process writes them
