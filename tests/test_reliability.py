@@ -405,6 +405,8 @@ BAD_PARAMETERS = {  # case -> (options given to run_all.sh / the preflight, text
     "alpha-above-1": (lambda t: ["-f", _yaml_file(t / "box.yaml", {"box": {"alpha": 1.5}})],
                       ["box: alpha", "must lie in [0, 1], got 1.5"]),
     "alpha-below-0-by-p": (lambda t: ["-p", "box", '{"alpha": -0.5}'], ["box"]),
+    "unknown-training-precision": (lambda t: ["-p", "probe", '{"precision": "fp16"}'],
+                                   ["probe: precision must be one of ('fp32', 'bf16')", "got 'fp16'"]),
     "no-seeds": (lambda t: ["-f", _yaml_file(t / "seeds.yaml", {"seeds": []})],
                  ["seeds must be a non-empty list of integers, got []"]),
     "no-seeds-by-p": (lambda t: ["-p", "seeds", "[]"], ["seeds"]),
