@@ -10,7 +10,6 @@ outputs become ordered corners is an open choice of the paper (``corners``):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .losses import CORNER_FORMS, REDUCTIONS, VOLUME_FORMS, check_alpha, corners_of, lare_loss_terms_fused
-from .train import check_precision, check_training, check_xy, compute_dtype, effective_epochs, minimise, seeded_init
+from .train import TrainingConfig, check_xy, compute_dtype, effective_epochs, minimise, seeded_init
 from .utils import atomic_path, resolve_device, write_json_atomic
 
 CORNER_MODES = CORNER_FORMS
@@ -62,7 +61,7 @@ def sample_boxes(lower: torch.Tensor, upper: torch.Tensor, k: int, *,
 
 
 @dataclass(frozen=True)
-class BoxConfig:
+class BoxConfig(TrainingConfig):
     """Every choice of step 1, with the defaults used by the pipeline (recorded with each result).
 
     alpha: weight of class consistency against box volume in Eq. (5), in [0, 1].
@@ -77,12 +76,8 @@ class BoxConfig:
         CLIP and CoCa were trained with: with raw dot products (1.0, as LADS) the cross-entropy
         only falls by growing the corners, and the boxes blow up (seen on the synthetic data:
         mean box width about 3 per dimension at scale 1, about 0.2 at scale 100).
-    epochs, batch_size (0: full batch), lr, weight_decay: Adam(W) training of f_Box.
-    seed: initialisation and batch order.
-    min_steps, max_steps: bounds on the optimiser steps (0: none); the epochs are stretched or cut
-        to meet them, so tiny few-shot sets still train and large sets stay affordable.
-    precision: ``fp32`` (default) or ``bf16``: matrix products under bfloat16 autocast, weights,
-        optimiser state, softmaxes and reductions in float32 (see :func:`lare.train.check_precision`).
+    The training settings (epochs 50, batch 256, lr 1e-3, no weight decay, seed, min_steps,
+    max_steps, precision) are those of :class:`lare.train.TrainingConfig`.
     """
 
     alpha: float = 0.5
@@ -92,18 +87,10 @@ class BoxConfig:
     volume: str = "dot_normalized"
     reduction: str = "mean"
     scale: float = 100.0
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    min_steps: int = 0
-    max_steps: int = 0
-    precision: str = "fp32"
 
     def __post_init__(self):
+        super().__post_init__()
         check_alpha(self.alpha)
-        check_precision(self.precision)
         if self.corners not in CORNER_MODES:
             raise ValueError(f"corners must be one of {CORNER_MODES}, got {self.corners!r}")
         if self.activation not in ACTIVATIONS:
@@ -112,14 +99,10 @@ class BoxConfig:
             raise ValueError(f"volume must be one of {VOLUME_FORMS}, got {self.volume!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
-        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
         if not math.isfinite(self.scale) or self.scale <= 0:
             raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
         if self.hidden is not None and (not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1):
             raise ValueError(f"hidden must be a positive integer or None (= the embedding dimension), got {self.hidden!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

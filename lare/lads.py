@@ -14,14 +14,13 @@ The probe is then trained on the originals plus one normalised augmentation per 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import check_precision, check_training, check_xy, effective_epochs, minimise, seeded_init
+from .train import TrainingConfig, check_xy, effective_epochs, minimise, seeded_init
 from .utils import resolve_device
 
 
@@ -66,33 +65,22 @@ def lads_class_consistency_loss(aug: torch.Tensor, source_text: torch.Tensor, la
 
 
 @dataclass(frozen=True)
-class LADSConfig:
+class LADSConfig(TrainingConfig):
     """LADS training (its CUB configuration: AdamW lr 0.1, wd 0.005, 50 epochs, batch 256).
 
     domain_weight: weight of domain alignment; class consistency gets ``1 - domain_weight``.
-    min_steps, max_steps: bounds on the optimiser steps (0: none), as in :class:`lare.box.BoxConfig`.
-    precision: ``fp32`` (default) or ``bf16`` autocast, as in :class:`lare.box.BoxConfig`.
-    Model selection keeps the epoch with the lowest validation loss.
+    The training settings are those of :class:`lare.train.TrainingConfig`, with LADS's lr and
+    weight decay. Model selection keeps the epoch with the lowest validation loss.
     """
 
-    domain_weight: float = 0.5
-    epochs: int = 50
-    batch_size: int = 256
     lr: float = 0.1
     weight_decay: float = 0.005
-    seed: int = 0
-    min_steps: int = 0
-    max_steps: int = 0
-    precision: str = "fp32"
+    domain_weight: float = 0.5
 
     def __post_init__(self):
-        check_precision(self.precision)
+        super().__post_init__()
         if not 0.0 <= self.domain_weight <= 1.0:
             raise ValueError(f"domain_weight must lie in [0, 1], got {self.domain_weight}")
-        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

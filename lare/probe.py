@@ -9,7 +9,6 @@ epoch by an *augmenter*: samples from LARE boxes (:class:`BoxSampler`) or LADS a
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .box import sample_boxes
-from .train import autocast, batches, check_precision, check_training, compute_dtype, effective_epochs, make_optimizer, seeded_init
+from .train import TrainingConfig, autocast, batches, compute_dtype, effective_epochs, make_optimizer, seeded_init
 from .utils import make_generator, resolve_device
 
 SELECT_METRICS = ("balanced_acc", "top1")
@@ -114,37 +113,24 @@ class FixedAugment:
 
 # ---------------------------------------------------------------- linear probe
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(TrainingConfig):
     """Linear probe training (recorded with each result).
 
-    epochs, batch_size (0: full batch), lr, weight_decay: AdamW on cross-entropy. The defaults
-    follow LADS's probe (AdamW, lr 1e-3, weight decay 0.05, batch 256) with fewer epochs.
+    The training settings are those of :class:`lare.train.TrainingConfig`, with the defaults of
+    LADS's probe (AdamW, lr 1e-3, weight decay 0.05, batch 256) and 100 epochs; ``min_steps`` and
+    ``max_steps`` count the originals plus the augmenter's extra embeddings; with ``bf16`` the
+    model selection runs under autocast too, predictions afterwards in float32.
     select: validation metric for model selection (``balanced_acc`` as LADS, or ``top1``).
-    seed: initialisation, batch order and box sampling.
-    min_steps, max_steps: bounds on the optimiser steps (0: none), counted on the originals plus
-        the augmenter's extra embeddings; the epochs are stretched or cut to meet them.
-    precision: ``fp32`` (default) or ``bf16`` autocast for training and model selection, as in
-        :class:`lare.box.BoxConfig`; predictions afterwards run in float32.
     """
 
     epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-3
     weight_decay: float = 0.05
     select: str = "balanced_acc"
-    seed: int = 0
-    min_steps: int = 0
-    max_steps: int = 0
-    precision: str = "fp32"
 
     def __post_init__(self):
-        check_precision(self.precision)
-        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps, self.max_steps)
+        super().__post_init__()
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -73,6 +75,37 @@ def check_training(epochs: int, batch_size: int, lr: float, seed: int = 0, weigh
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if not is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The optimisation settings f_Box, LADS and the probe share (each config sets its own defaults).
+
+    epochs, batch_size (0: full batch), lr, weight_decay: AdamW.
+    seed: initialisation and batch order (and box sampling in the probe).
+    min_steps, max_steps: bounds on the optimiser steps (0: none); the epochs are stretched or cut
+        to meet them (:func:`effective_epochs`), so tiny few-shot sets still train and large sets
+        stay affordable.
+    precision: ``fp32`` (default) or ``bf16``: the forward pass under bfloat16 autocast; weights,
+        optimiser state, softmaxes and reductions stay float32 (see the module docstring).
+    """
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    min_steps: int = 0
+    max_steps: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        check_precision(self.precision)
+        check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps,
+                       self.max_steps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
