@@ -30,6 +30,16 @@ def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float
     return time.perf_counter() - t0
 
 
+def work_folder(given: str, prefix: str) -> tuple[Path, object | None]:
+    """``given`` as a folder, or a fresh temporary one; the second value (if any) has ``cleanup()``."""
+    if given:
+        return Path(given), None
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    return Path(tmp.name), tmp
+
+
 def best_and_median(values: list[float]) -> tuple[float, float]:
     return min(values), statistics.median(values)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anything
 
 import torch  # noqa: E402
-from _common import REPO, header, sync  # noqa: E402
+from _common import REPO, header, sync, work_folder  # noqa: E402
 
 from lare.box import BoxConfig, train_box  # noqa: E402
 from lare.cache import save_embeddings  # noqa: E402
@@ -133,12 +132,7 @@ def main(argv=None) -> int:
               f"lare {st['lare_encoders']}\n  box {st['box']}\n  sampling {st['sampling']}\n  probe {st['probe']}\n"
               f"  lads {st['lads']}", flush=True)
 
-    tmp = None
-    if args.work_dir:
-        root = Path(args.work_dir)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="lare-bench-downstream-")
-        root = Path(tmp.name)
+    root, tmp = work_folder(args.work_dir, "lare-bench-downstream-")
 
     t0 = time.perf_counter()
     for ds in datasets:

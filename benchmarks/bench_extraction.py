@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anything
 
 import torch  # noqa: E402
-from _common import header, make_jpegs, timed  # noqa: E402
+from _common import header, make_jpegs, timed, work_folder  # noqa: E402
 
 from lare.cache import extract_embeddings  # noqa: E402
 from lare.datasets import Item, open_image  # noqa: E402
@@ -153,12 +153,7 @@ def main(argv=None) -> int:
     mem_counts = [] if args.skip_memory else [int(c) for c in args.memory_images.split(",")]
     header(f"extraction: {args.model}, random weights, {args.precision}, batch {args.batch_size}, {args.images} JPEGs", device)
 
-    tmp = None
-    if args.image_dir:
-        image_dir = Path(args.image_dir)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="lare-bench-jpegs-")
-        image_dir = Path(tmp.name)
+    image_dir, tmp = work_folder(args.image_dir, "lare-bench-jpegs-")
     n_files = max([args.images, *mem_counts])
     t = time.perf_counter()
     paths = make_jpegs(image_dir, n_files)

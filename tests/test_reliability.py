@@ -307,24 +307,14 @@ print("finished without being killed")
 """
 
 
-def test_extraction_killed_with_sigkill_resumes_to_the_same_embeddings(tiny_clip, fake_images, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"items": [it.__dict__ for it in fake_images], "cache_dir": str(cache),
-                                "labels": LABELS, "sleep": 0.5}))
-    script = tmp_path / "extract.py"
-    script.write_text(KILLED_EXTRACTION)
-    proc = subprocess.Popen([sys.executable, str(script), str(spec)], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run_and_sigkill(cmd: list[str], timeout: float, ready, what: str) -> None:
+    """Start ``cmd``, wait until ``ready()`` is true, then SIGKILL it (a crash, no clean-up)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 180
-        chunks: list[Path] = []
-        while proc.poll() is None and time.monotonic() < deadline:
-            chunks = list(cache.glob("fake/train/*/chunks/size2/*.safetensors"))
-            if chunks:
-                break
+        deadline = time.monotonic() + timeout
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert chunks, f"no chunk was written (exit {proc.poll()}): {proc.stdout.read() if proc.poll() is not None else ''}"
+        assert ready(), f"{what} (exit {proc.poll()}): {proc.stdout.read() if proc.poll() is not None else 'timed out'}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -332,6 +322,17 @@ def test_extraction_killed_with_sigkill_resumes_to_the_same_embeddings(tiny_clip
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_extraction_killed_with_sigkill_resumes_to_the_same_embeddings(tiny_clip, fake_images, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"items": [it.__dict__ for it in fake_images], "cache_dir": str(cache),
+                                "labels": LABELS, "sleep": 0.5}))
+    script = tmp_path / "extract.py"
+    script.write_text(KILLED_EXTRACTION)
+    _run_and_sigkill([sys.executable, str(script), str(spec)], 180,
+                     lambda: list(cache.glob("fake/train/*/chunks/size2/*.safetensors")), "no chunk was written")
     (path,) = (cache / "fake" / "train").iterdir()
     done = sorted((path / "chunks" / "size2").glob("*.safetensors"))
     assert 1 <= len(done) < 5, "killed midway: some chunks done, not all"
@@ -520,20 +521,7 @@ def test_results_writer_killed_midway_leaves_no_partial_row_and_rerun_adds_nothi
     before = path.read_bytes()
     marker, script = tmp_path / "marker", tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), str(path), str(marker)], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert marker.exists(), proc.stdout.read() if proc.poll() is not None else "timed out"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    _run_and_sigkill([sys.executable, str(script), str(path), str(marker)], 120, marker.exists, "the writer never began")
 
     assert path.read_bytes() == before, "the results file is untouched: no partial row"
     assert [r["seed"] for r in read_rows(path)] == [0, 0]
