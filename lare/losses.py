@@ -155,6 +155,9 @@ class _FusedBoxLoss(torch.autograd.Function):
             half = F.softplus(b)
             lower, upper = a - half, a + half
             corner_aux = torch.sigmoid(b)  # d softplus(b) / db
+        # CUDA autocast runs softplus in float32: keep every saved tensor in out's dtype, so that the
+        # backward (which runs outside autocast) multiplies matching dtypes
+        lower, upper, corner_aux = lower.to(out.dtype), upper.to(out.dtype), corner_aux.to(out.dtype)
         t = class_text.to(out.dtype)
         lu = (upper @ t.T).to(acc).mul_(scale)
         ll = (lower @ t.T).to(acc).mul_(scale)

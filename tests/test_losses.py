@@ -360,19 +360,24 @@ def test_fused_terms_pass_torch_gradcheck():
         assert torch.autograd.gradcheck(fn, (out,))
 
 
-def test_fused_terms_under_bf16_autocast_stay_close_to_float32():
+@pytest.mark.parametrize("corners,volume", [("minmax", "dot_normalized"), ("center_width", "log_volume"),
+                                            ("center_width", "dot")])
+def test_fused_terms_under_bf16_autocast_stay_close_to_float32(corners, volume):
     n, d, c = 64, 32, 10
     g = torch.Generator().manual_seed(4)
     text = torch.nn.functional.normalize(torch.randn(c, d, generator=g), dim=-1)
     labels = torch.randint(0, c, (n,), generator=g)
     out32 = torch.randn(n, 2 * d, generator=g) * 0.1
-    ref = lare_loss_terms_fused(out32, text, labels, corners="minmax", alpha=0.5, scale=100.0, volume="dot_normalized")
+    kw = dict(corners=corners, alpha=0.5, scale=100.0, volume=volume)
+    ref = lare_loss_terms_fused(out32, text, labels, **kw)
+    out16 = out32.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = lare_loss_terms_fused(out32.bfloat16(), text, labels, corners="minmax", alpha=0.5, scale=100.0,
-                                    volume="dot_normalized")
+        low = lare_loss_terms_fused(out16, text, labels, **kw)
     for k in ref:
         assert low[k].dtype == torch.float32  # reductions never in bf16
         assert low[k].item() == pytest.approx(ref[k].item(), rel=0.05, abs=0.05), k
+    low["total"].backward()  # outside autocast, as a training step runs it
+    assert out16.grad.dtype == torch.bfloat16 and torch.isfinite(out16.grad.float()).all()
 
 
 @pytest.mark.parametrize("kwargs", [dict(corners="box"), dict(volume="cube"), dict(reduction="max"), dict(alpha=2.0)])
