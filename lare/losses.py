@@ -145,15 +145,13 @@ class _FusedBoxLoss(torch.autograd.Function):
     def forward(ctx, out, class_text, labels, corners, volume, reduction, scale, eps):
         n = out.shape[0]
         acc = torch.promote_types(out.dtype, torch.float32)  # softmax and reductions never in bf16
+        lower, upper = corners_of(out, corners)
         a, b = out.chunk(2, dim=-1)
         if corners == "minmax":
-            lower, upper = torch.minimum(a, b), torch.maximum(a, b)
             # share of each corner's gradient that goes to a: 1 where a is the lower corner, 0 where
             # it is the upper one, 1/2 on ties (as torch.minimum's backward splits them)
             corner_aux = torch.sign(b - a).add_(1).mul_(0.5)
         else:
-            half = F.softplus(b)
-            lower, upper = a - half, a + half
             corner_aux = torch.sigmoid(b)  # d softplus(b) / db
         # CUDA autocast runs softplus in float32: keep every saved tensor in out's dtype, so that the
         # backward (which runs outside autocast) multiplies matching dtypes
