@@ -114,6 +114,8 @@ def train_lads(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.
     dev = resolve_device(device)
     check_xy(train_x, train_y, source_text, "train")
     num_classes = source_text.shape[0]
+    # float32 even for bf16 training (unlike f_Box and the probe): the alignment loss uses x itself,
+    # not only through a matrix product, so autocast casts it where it is multiplied and nowhere else
     x, y = train_x.to(dev, torch.float32), train_y.to(dev)
     src = source_text.to(dev, torch.float32)
     dirs = domain_directions(src, target_text.to(dev, torch.float32))
