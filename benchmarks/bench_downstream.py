@@ -9,10 +9,10 @@ Every method runs once per seed (5 seeds: 0-4), as notebooks 02-04 do; embedding
 
 The caches are written in the cache format (``lare.cache.save_embeddings`` + the embedding index)
 from ``lare.synthetic.make_synthetic`` (unit vectors with class structure and a domain shift), then
-read back with ``lare.pipeline.load_encoder_data`` and split per (shots, seed) with
-``lare.pipeline.encoder_splits``; the methods are the functions of ``lare.methods`` with the
+read back with ``lare.runfolder.load_encoder_data`` and split per (shots, seed) with
+``lare.runfolder.encoder_splits``; the methods are the functions of ``lare.methods`` with the
 profile's settings: the notebooks' parameters cell updated by ``params/<profile>/<dataset>.yaml``
-(``lare.preflight.merged_parameters``, as run_all.sh passes them), read at run time.
+(``lare.params.load_params``, as the notebooks load them), read at run time.
 Printed: total wall time, a breakdown per dataset and method (f_Box training and the LARE probe
 separately), and mean accuracies as a sanity check (synthetic data: they mean nothing about
 real images). Target: the whole profile within 15 minutes on 2 CPU cores.
@@ -25,6 +25,7 @@ real images). Target: the whole profile within 15 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -36,15 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anything
 
 import torch  # noqa: E402
-from _common import REPO, header, sync, work_folder  # noqa: E402
+from _common import header, sync, work_folder  # noqa: E402
 
-from lare.box import BoxConfig, train_box  # noqa: E402
+from lare.box import train_box  # noqa: E402
 from lare.cache import save_embeddings  # noqa: E402
-from lare.lads import LADSConfig  # noqa: E402
-from lare.methods import SamplingConfig, run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
-from lare.pipeline import encoder_splits, load_encoder_data, write_index  # noqa: E402
-from lare.preflight import merged_parameters  # noqa: E402
-from lare.probe import ProbeConfig  # noqa: E402
+from lare.methods import REGISTRY, run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
+from lare.params import RunParams, load_params  # noqa: E402
+from lare.runfolder import encoder_splits, load_encoder_data, write_index  # noqa: E402
 from lare.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
 
 # Sizes of the real caches; the synthetic noise stands for encoder quality (as in the demo profile).
@@ -53,18 +52,13 @@ SIZES = {
             "world_seed": 1234},
     "cifar100": {"sizes": {"train": 50000, "test": 10000}, "classes": 100, "noise": {"coca": 0.6}, "world_seed": 4321},
 }
-SETTINGS = ("box", "sampling", "probe", "lads", "seeds", "shots", "val_fraction", "lare_encoders", "lads_encoders",
-            "baseline_encoders", "encoders")
 
 
-def profile_settings(profile: str, dataset: str, precision: str = "") -> dict:
-    """What notebooks 02-04 would use: their parameters cell, updated by params/<profile>/<dataset>.yaml;
+def profile_settings(profile: str, dataset: str, precision: str = "") -> RunParams:
+    """What notebooks 02-04 would use: the schema's defaults updated by params/<profile>/<dataset>.yaml;
     ``precision`` (when given) replaces the training precision of f_Box, the probes and LADS."""
-    values = merged_parameters(REPO / "params" / profile / f"{dataset}.yaml", [])
-    if precision:
-        for key in ("box", "probe", "lads"):
-            values[key] = {**values[key], "precision": precision}
-    return {k: values[k] for k in SETTINGS}
+    over = {k: {"precision": precision} for k in ("box", "probe", "lads")} if precision else {}
+    return load_params(profile, dataset, over)
 
 
 def parse_args(argv=None):
@@ -119,24 +113,24 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     datasets = [d.strip() for d in args.datasets.split(",")]
     settings = {ds: profile_settings(args.profile, ds, args.precision) for ds in datasets}
-    all_seeds = sorted({s for ds in datasets for s in settings[ds]["seeds"]})
+    all_seeds = sorted({s for ds in datasets for s in settings[ds].seeds})
     if args.seeds:
         all_seeds = [int(s) for s in args.seeds.split(",")]
     seeds = all_seeds[:1] if args.quick else all_seeds
-    n_profile_seeds = len(settings[datasets[0]]["seeds"])
+    n_profile_seeds = len(settings[datasets[0]].seeds)
     header(f"downstream of the {args.profile} profile from caches: seeds {seeds}, datasets {datasets}", device)
     for ds in datasets:
         st = settings[ds]
-        print(f"{ds} (params/{args.profile}/{ds}.yaml over the notebooks' defaults): shots {st['shots']}, "
-              f"val_fraction {st['val_fraction']}, baselines {st['baseline_encoders']}, lads {st['lads_encoders']}, "
-              f"lare {st['lare_encoders']}\n  box {st['box']}\n  sampling {st['sampling']}\n  probe {st['probe']}\n"
-              f"  lads {st['lads']}", flush=True)
+        print(f"{ds} (params/{args.profile}/{ds}.yaml over the schema's defaults): shots {st.shots}, "
+              f"val_fraction {st.val_fraction}, baselines {st.encoders_for('baseline_encoders')}, "
+              f"lads {st.encoders_for('lads_encoders')}, lare {st.encoders_for('lare_encoders')}\n  box {st.box}\n"
+              f"  sampling {st.sampling}\n  probe {st.probe}\n  lads {st.lads}", flush=True)
 
     root, tmp = work_folder(args.work_dir, "lare-bench-downstream-")
 
     t0 = time.perf_counter()
     for ds in datasets:
-        write_caches(root, ds, SIZES[ds], list(settings[ds]["encoders"]), args.dim)
+        write_caches(root, ds, SIZES[ds], list(settings[ds].encoders), args.dim)
     print(f"synthetic caches written in {time.perf_counter() - t0:.1f} s (not part of the profile's downstream)", flush=True)
 
     times: dict[tuple[str, str], float] = defaultdict(float)
@@ -154,39 +148,38 @@ def main(argv=None) -> int:
 
     def record(ds, method, enc, k, metrics):
         for dom, m in metrics.items():
-            acc[(ds, method, enc, k, dom)].append(m["top1"])
+            if dom in ("in_domain", "out_of_domain"):  # not the validation split, not LARE's box sizes
+                acc[(ds, method, enc, k, dom)].append(m["top1"])
 
     t_start = time.perf_counter()
     run_dir = root / "run"
     for ds in datasets:
         st = settings[ds]
         # The encoders the notebooks visit: baselines, LADS and LARE each over their own list.
-        encoders = [e for e in st["encoders"] if e in {*st["baseline_encoders"], *st["lads_encoders"], *st["lare_encoders"]}]
+        encoders = [e for e in st.encoders if any(e in st.encoders_for(m.encoders_param) for m in REGISTRY.values())]
+        sections = {"box": st.box, "sampling": st.sampling, "probe": st.probe, "lads": st.lads, "reference": st.reference}
         for enc in encoders:
             data = clock(ds, "load caches", lambda ds=ds, enc=enc: load_encoder_data(run_dir, ds, enc))
-            for k in st["shots"]:
+            for k in st.shots:
                 for seed in seeds:
                     t_unit = time.perf_counter()
-                    s = clock(ds, "splits", lambda data=data, ds=ds, k=k, seed=seed, vf=st["val_fraction"]: encoder_splits(
+                    s = clock(ds, "splits", lambda data=data, ds=ds, k=k, seed=seed, vf=st.val_fraction: encoder_splits(
                         data, run_dir, ds, shots=k, seed=seed, val_fraction=vf).to(device))
-                    pcfg = ProbeConfig(**{**st["probe"], "seed": seed})
-                    if enc in st["baseline_encoders"]:
+                    cfg = {name: m.make_config(sections, seed) for name, m in REGISTRY.items()}
+                    if enc in st.encoders_for("baseline_encoders"):
                         record(ds, "zero-shot", enc, k, clock(ds, "zero-shot", lambda s=s: run_zero_shot(s)))
-                        record(ds, "linear-probe", enc, k, clock(ds, "linear-probe", lambda s=s, p=pcfg: run_linear_probe(
-                            s, p, device=device)[0]))
-                    if enc in st["lads_encoders"] and k == 0 and {"photo", "painting"} <= set(s.extra_text):
-                        lcfg = LADSConfig(**{**st["lads"], "seed": seed})
-                        photo, painting = s.extra_text["photo"], s.extra_text["painting"]
-                        record(ds, "lads", enc, k, clock(ds, "lads (f_aug + probe)", lambda s=s, p=pcfg, lc=lcfg, a=photo, b=painting:
-                                                         run_lads(s, a, b, lc, p, device=device)[0]))
-                    if enc in st["lare_encoders"]:
-                        bcfg = BoxConfig(**{**st["box"], "seed": seed})
-                        samp = SamplingConfig(**st["sampling"])
-                        boxes = clock(ds, "lare f_Box (step 1)", lambda s=s, b=bcfg: train_box(
-                            s.train_x, s.train_y, s.class_text, b, val_x=s.val_x, val_y=s.val_y, device=device,
+                        record(ds, "linear-probe", enc, k, clock(ds, "linear-probe", lambda s=s, c=cfg: run_linear_probe(
+                            s, c["linear-probe"], device)))
+                    if enc in st.encoders_for("lads_encoders") and REGISTRY["lads"].applies(s.extra_text, k):
+                        record(ds, "lads", enc, k, clock(ds, "lads (f_aug + probe)", lambda s=s, c=cfg:
+                                                         run_lads(s, c["lads"], device)))
+                    if enc in st.encoders_for("lare_encoders"):
+                        c = cfg["lare"]
+                        boxes = clock(ds, "lare f_Box (step 1)", lambda s=s, c=c: train_box(
+                            s.train_x, s.train_y, s.class_text, c.box, val_x=s.val_x, val_y=s.val_y, device=device,
                             progress=False))
-                        record(ds, "lare", enc, k, clock(ds, "lare probe (step 2)", lambda s=s, b=bcfg, p=pcfg, bx=boxes, sm=samp:
-                                                         run_lare(s, b, p, sm, device=device, boxes=bx)[0]))
+                        record(ds, "lare", enc, k, clock(ds, "lare probe (step 2)", lambda s=s, c=c, bx=boxes:
+                                                         run_lare(dataclasses.replace(s, boxes=bx), c, device)))
                     print(f"  {ds} {enc} shots {k or 'full'} seed {seed}: {time.perf_counter() - t_unit:.1f} s "
                           f"(train {len(s.train_y)}, val {len(s.val_y)})", flush=True)
     total = time.perf_counter() - t_start

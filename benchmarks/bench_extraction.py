@@ -42,9 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anythi
 import torch  # noqa: E402
 from _common import header, make_jpegs, timed, work_folder  # noqa: E402
 
-from lare.cache import extract_embeddings  # noqa: E402
 from lare.datasets import Item, open_image  # noqa: E402
 from lare.encoders import load_encoder  # noqa: E402
+from lare.extraction import extract_embeddings  # noqa: E402
 
 
 def parse_args(argv=None):

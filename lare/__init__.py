@@ -1,15 +1,12 @@
 """LARE: Latent Augmentation using Regional Embedding.
 
-The package holds every piece of logic the notebooks call:
-
-- :mod:`lare.encoders`: open_clip models (by name, config path or tiny test config), image and
-  class-prompt encoding.
-- :mod:`lare.cache`: the embedding store (safetensors + JSON manifest, keyed, chunked, resumable).
-- :mod:`lare.losses`: Eq. (1)-(5) of the paper.
-- :mod:`lare.box`: f_Box, box sampling and step 1 training.
-- :mod:`lare.lads`: the LADS baseline augmenter.
-- :mod:`lare.probe`: zero-shot classification, linear probes (step 2) and metrics.
-- :mod:`lare.synthetic`: the built-in synthetic embedding dataset with a controlled domain shift.
+The package holds every piece of logic the notebooks call (the README's "What is in lare/" has
+the full table). The method: :mod:`lare.losses` (Eq. (1)-(5)), :mod:`lare.box` (f_Box, step 1,
+and the box sampling of step 2), :mod:`lare.probe` (the linear probe), :mod:`lare.methods` (the
+method registry: zero-shot, linear probe, LADS, LARE, the L-BFGS reference). The comparison:
+:mod:`lare.params` (one parameter schema), :mod:`lare.hparams` and :mod:`lare.search` (the
+equal-budget search), :mod:`lare.experiment` (units x methods). The data: :mod:`lare.encoders`,
+:mod:`lare.cache`, :mod:`lare.extraction`, :mod:`lare.sources`, :mod:`lare.synthetic`.
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """End-to-end run of every method on the built-in SYNTHETIC embeddings: ``python -m lare.demo``.
 
 The notebooks' path in one process, without papermill: synthetic embeddings for two "encoders"
-are written in the cache format (:func:`lare.pipeline.write_synthetic`), read back and split per
-seed (:func:`lare.pipeline.encoder_splits`, splits saved in the run folder); zero-shot, the linear
+are written in the cache format (:func:`lare.ingest.write_synthetic`), read back and split per
+seed (:func:`lare.runfolder.encoder_splits`, splits saved in the run folder); zero-shot, the linear
 probe, LADS and LARE run on them, and a table of mean +- std top-1 accuracy in-domain (photo) and
 out-of-domain (painting) is printed. Numbers on synthetic data say nothing about real images.
 """
@@ -17,11 +17,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .box import BoxConfig
+from .box import BoxConfig, SamplingConfig
+from .ingest import write_synthetic
 from .lads import LADSConfig
-from .methods import SamplingConfig, run_lads, run_lare, run_linear_probe, run_zero_shot
-from .pipeline import encoder_splits, load_encoder_data, write_synthetic
+from .methods import LADSMethodConfig, LAREConfig, run_lads, run_lare, run_linear_probe, run_zero_shot
 from .probe import ProbeConfig
+from .runfolder import encoder_splits, load_encoder_data
 
 ENCODERS = {"clip": 0.8, "coca": 0.6}  # synthetic encoder -> noise level (CoCa: the better encoder)
 DATASET = "synthetic_demo"
@@ -39,11 +40,13 @@ def run(run_dir: Path, seeds: list[int], epochs: int = 50, val_fraction: float =
             train = {"epochs": epochs, "seed": seed, "precision": precision}
             probe = ProbeConfig(**train)
             results = {"zero-shot": run_zero_shot(s),
-                       "linear probe": run_linear_probe(s, probe)[0],
-                       "LADS": run_lads(s, s.extra_text["photo"], s.extra_text["painting"], LADSConfig(**train), probe)[0],
-                       "LARE": run_lare(s, BoxConfig(**train), probe, SamplingConfig())[0]}
+                       "linear probe": run_linear_probe(s, probe),
+                       "LADS": run_lads(s, LADSMethodConfig(LADSConfig(**train), probe)),
+                       "LARE": run_lare(s, LAREConfig(BoxConfig(**train), SamplingConfig(), probe))}
             for method, by_domain in results.items():
                 for domain, m in by_domain.items():
+                    if "top1" not in m:  # LARE also reports its box sizes
+                        continue
                     rows.append({"encoder": enc, "method": method, "domain": domain, "seed": seed, **m})
             if progress:
                 print(f"  {enc} seed {seed} done ({time.time() - t0:.0f} s)", flush=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import TrainingConfig, check_xy, effective_epochs, minimise, seeded_init
+from .train import LOSS_REL_TOL, EarlyStop, TrainingConfig, check_xy, effective_epochs, minimise, seeded_init
 from .utils import resolve_device
 
 
@@ -89,6 +89,7 @@ class LADSResult:
     config: LADSConfig
     best_epoch: int
     history: list[dict] = field(default_factory=list)
+    stopped_by: str = "budget"
 
     @torch.no_grad()
     def augment(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -125,10 +126,12 @@ def train_lads(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.
         vx, vy = val_x.to(dev, torch.float32), val_y.to(dev)
 
     model = seeded_init(lambda: LADSAugmenter(x.shape[1]), cfg.seed).to(dev)
+    early = EarlyStop(cfg.patience, cfg.min_steps, rel_tol=LOSS_REL_TOL)
     best_epoch, history = minimise(
         model, lambda bx, by: _lads_terms(model, bx, by, src, dirs, weights, cfg), x, y,
         val=(vx, vy) if has_val else None,
         epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
         batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, precision=cfg.precision, desc="LADS", progress=progress)
-    return LADSResult(model=model, config=cfg, best_epoch=best_epoch, history=history)
+        weight_decay=cfg.weight_decay, seed=cfg.seed, precision=cfg.precision, desc="LADS", progress=progress,
+        early=early)
+    return LADSResult(model=model, config=cfg, best_epoch=best_epoch, history=history, stopped_by=early.stopped_by)

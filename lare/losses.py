@@ -73,7 +73,7 @@ def _with_total(bv, cc_plus, cc_minus, cc_center, alpha: float) -> dict[str, tor
 
 def box_volume_variant(lower: torch.Tensor, upper: torch.Tensor, *, form: str = "dot",
                        reduction: str = "mean", eps: float = 1e-6) -> torch.Tensor:
-    """The volume term in one of the forms PAPER.md section 4 lists.
+    """The volume term in one of the forms docs/method.md section 4 lists.
 
     - ``"dot"``: Eq. (1) literally, ``X^+ . X^-`` (unbounded below when the corners may grow).
     - ``"dot_normalized"``: Eq. (1) on L2-normalised corners, i.e. the cosine of the corners;

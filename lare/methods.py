@@ -1,25 +1,43 @@
-"""The methods of Table 1 and Figure 3, each from embeddings to metrics per evaluation domain.
+"""The method registry: every method of Table 1 and Figure 3 is one :class:`Method` entry.
 
-Every function takes an :class:`EmbeddingSplits` (train / validation / evaluation sets of one
-encoder, plus its class text embeddings) and returns ``{domain: {"top1": ..., "balanced_acc": ...}}``
-along with what it trained, so notebooks can plot it.
+An entry holds the method's name (the ``method`` column of the results), the config sections it
+reads from the run's parameters (``probe``, ``box``, ...), what it needs beyond a training set
+(class text, domain prompts, trained boxes, the full training set), its Table 1 rows, and one
+``run(splits, config, device) -> metrics`` function. The experiment loop
+(:mod:`lare.experiment`) runs units x methods through this interface only, and Table 1 is keyed
+off the registry, so a new method is one new entry and one new config, nothing else.
+(DomainBed's ``algorithms.py`` + ``hparams_registry.py`` is the model.)
+
+``metrics`` is ``{domain: {"top1": ..., "balanced_acc": ...}}`` per evaluation domain, and for the
+``validation`` split (carved from the training pool), on which a search selects. A method may also
+give ``run_trials(splits, configs, device) -> [metrics]``: its trials of one unit trained as one
+batched model, with the same numbers as ``run`` on each config (up to float rounding).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from .box import BoxConfig, BoxTrainResult, train_box
-from .lads import LADSConfig, LADSResult, train_lads
-from .probe import BoxSampler, FixedAugment, ProbeConfig, ProbeResult, metrics, train_probe, zero_shot_predict
+from .batched import train_box_trials, train_lads_trials
+from .box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
+from .lads import LADSConfig, train_lads
+from .probe import FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
+from .reference import DEFAULT_L2_GRID, reference_probe
+from .trials import BatchedBoxSampler, FixedBatchedAugment, train_probe_trials
+
+Metrics = dict[str, dict[str, float]]
+DOMAIN_PROMPTS = ("photo", "painting")  # the source and target domain descriptions LADS reads
 
 
 @dataclass
 class EmbeddingSplits:
-    """One encoder's embeddings: training and validation sets, evaluation sets by domain name."""
+    """One encoder's embeddings for one (shots, seed): training and validation sets, evaluation sets by
+    domain name, class text embeddings, optional domain prompt embeddings and trained boxes."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -28,6 +46,7 @@ class EmbeddingSplits:
     evals: dict[str, tuple[torch.Tensor, torch.Tensor]]
     class_text: torch.Tensor
     extra_text: dict[str, torch.Tensor] = field(default_factory=dict)
+    boxes: BoxTrainResult | None = None  # f_Box of step 1 for this unit (notebook 02), when trained
 
     @property
     def num_classes(self) -> int:
@@ -36,72 +55,260 @@ class EmbeddingSplits:
     def to(self, device: torch.device | str) -> EmbeddingSplits:
         """One transfer of everything to ``device`` (shared by every method and seed)."""
         mv = lambda t: t.to(device)  # noqa: E731
-        return EmbeddingSplits(mv(self.train_x), mv(self.train_y), mv(self.val_x), mv(self.val_y),
-                               {k: (mv(x), mv(y)) for k, (x, y) in self.evals.items()}, mv(self.class_text),
-                               {k: mv(v) for k, v in self.extra_text.items()})
+        return dataclasses.replace(self, train_x=mv(self.train_x), train_y=mv(self.train_y), val_x=mv(self.val_x),
+                                   val_y=mv(self.val_y), evals={k: (mv(x), mv(y)) for k, (x, y) in self.evals.items()},
+                                   class_text=mv(self.class_text), extra_text={k: mv(v) for k, v in self.extra_text.items()})
 
 
-Metrics = dict[str, dict[str, float]]
+def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], splits: EmbeddingSplits) -> Metrics:
+    """Metrics per evaluation domain, and on the validation split (what a search may select on)."""
+    out = {name: metrics(predict(x), y, splits.num_classes) for name, (x, y) in splits.evals.items()}
+    if len(splits.val_y):
+        out["validation"] = metrics(predict(splits.val_x), splits.val_y, splits.num_classes)
+    return out
 
 
-def _evaluate(predict, splits: EmbeddingSplits) -> Metrics:
-    return {name: metrics(predict(x), y, splits.num_classes) for name, (x, y) in splits.evals.items()}
+# ---------------------------------------------------------------- method configs
+@dataclass(frozen=True)
+class LADSMethodConfig:
+    """LADS: its augmenter (``lads``) and the probe trained on originals + augmentations."""
 
-
-def run_zero_shot(splits: EmbeddingSplits) -> Metrics:
-    """Classify by cosine similarity to the class text embeddings (no training, no seed)."""
-    return _evaluate(lambda x: zero_shot_predict(x, splits.class_text), splits)
-
-
-def run_linear_probe(splits: EmbeddingSplits, probe: ProbeConfig, *, device=None,
-                     progress: bool = False) -> tuple[Metrics, ProbeResult]:
-    """The "fine-tuning" baseline: a linear probe on the original embeddings only."""
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, probe, val_x=splits.val_x,
-                      val_y=splits.val_y, device=device, progress=progress)
-    return _evaluate(res.predict, splits), res
+    lads: LADSConfig = field(default_factory=LADSConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """LARE step 2: k samples per training item, fresh every epoch or fixed, re-normalised or not.
+class LAREConfig:
+    """LARE: step 1 (``box``: f_Box and Eq. (5)), step 2 (``sampling`` from the boxes, ``probe``)."""
 
-    Default k = 1: on the synthetic data, k = 4 let box samples outnumber the real embeddings and
-    cost accuracy in and out of domain, while k = 1 gained 2 to 4 points out of domain.
-    """
+    box: BoxConfig = field(default_factory=BoxConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
-    k: int = 1
-    fresh: bool = True
-    renormalize: bool = True
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """The reference linear probe (the CLIP paper's protocol): multinomial logistic regression solved
+    to convergence with L-BFGS (``tol`` on the gradient norm, at most ``max_iter`` iterations), its
+    L2 strength chosen on the validation split by ``select`` from ``l2_grid``."""
+
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+    select: str = "balanced_acc"
+    max_iter: int = 1000
+    tol: float = 1e-6
 
     def __post_init__(self):
-        if int(self.k) < 1:
-            raise ValueError(f"k (box samples per item) must be >= 1, got {self.k}")
+        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
+        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
+            raise ValueError(f"l2_grid must be a non-empty list of values >= 0, got {self.l2_grid!r}")
+        if self.select not in ("balanced_acc", "top1"):
+            raise ValueError(f"select must be one of ('balanced_acc', 'top1'), got {self.select!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def run_lare(splits: EmbeddingSplits, box: BoxConfig, probe: ProbeConfig, sampling: SamplingConfig, *,
-             device=None, progress: bool = False, boxes: BoxTrainResult | None = None
-             ) -> tuple[Metrics, BoxTrainResult, ProbeResult]:
-    """Step 1 (train f_Box, unless ``boxes`` is given) and step 2 (probe on originals + box samples)."""
-    if boxes is None:
-        boxes = train_box(splits.train_x, splits.train_y, splits.class_text, box, val_x=splits.val_x,
-                          val_y=splits.val_y, device=device, progress=progress)
-    lower, upper = boxes.boxes(splits.train_x)
-    sampler = BoxSampler(lower, upper, splits.train_y, k=sampling.k, fresh=sampling.fresh,
-                         renormalize=sampling.renormalize)
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, probe, val_x=splits.val_x,
-                      val_y=splits.val_y, augment=sampler, device=device, progress=progress)
-    return _evaluate(res.predict, splits), boxes, res
+# ---------------------------------------------------------------- the methods
+def run_zero_shot(splits: EmbeddingSplits, config: None = None, device=None) -> Metrics:
+    """Classify by cosine similarity to the class text embeddings (no training, no seed)."""
+    return evaluate(lambda x: zero_shot_predict(x, splits.class_text), splits)
 
 
-def run_lads(splits: EmbeddingSplits, source_text: torch.Tensor, target_text: torch.Tensor, lads: LADSConfig,
-             probe: ProbeConfig, *, device=None, progress: bool = False) -> tuple[Metrics, LADSResult, ProbeResult]:
+def run_linear_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None) -> Metrics:
+    """The "fine-tuning" baseline: a linear probe on the original embeddings only."""
+    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config, val_x=splits.val_x,
+                      val_y=splits.val_y, device=device, progress=False)
+    return evaluate(res.predict, splits)
+
+
+def run_lads(splits: EmbeddingSplits, config: LADSMethodConfig, device=None) -> Metrics:
     """LADS: train f_aug towards the target domain, then probe on originals + one augmentation each."""
-    aug = train_lads(splits.train_x, splits.train_y, source_text, target_text, lads, val_x=splits.val_x,
-                     val_y=splits.val_y, device=device, progress=progress)
+    source, target = (splits.extra_text[k] for k in DOMAIN_PROMPTS)
+    aug = train_lads(splits.train_x, splits.train_y, source, target, config.lads, val_x=splits.val_x,
+                     val_y=splits.val_y, device=device, progress=False)
     extra = FixedAugment(aug.augment(splits.train_x), splits.train_y)
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, probe, val_x=splits.val_x,
-                      val_y=splits.val_y, augment=extra, device=device, progress=progress)
-    return _evaluate(res.predict, splits), aug, res
+    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config.probe, val_x=splits.val_x,
+                      val_y=splits.val_y, augment=extra, device=device, progress=False)
+    return evaluate(res.predict, splits)
+
+
+def lare_boxes(splits: EmbeddingSplits, config: LAREConfig, device=None) -> BoxTrainResult:
+    """Step 1: the unit's trained f_Box when it was trained with this config, else train it now."""
+    if splits.boxes is not None and splits.boxes.config == config.box:
+        return splits.boxes
+    return train_box(splits.train_x, splits.train_y, splits.class_text, config.box, val_x=splits.val_x,
+                     val_y=splits.val_y, device=device, progress=False)
+
+
+def box_log_width(lower: torch.Tensor, upper: torch.Tensor) -> float:
+    """Mean box size: the log of the box width per dimension (log-volume / d), averaged over items."""
+    return float(torch.log((upper - lower).clamp_min(1e-12)).mean())
+
+
+def run_lare(splits: EmbeddingSplits, config: LAREConfig, device=None) -> Metrics:
+    """Step 1 (f_Box, see :func:`lare_boxes`) and step 2 (probe on originals + box samples)."""
+    lower, upper = lare_boxes(splits, config, device).boxes(splits.train_x)
+    s = config.sampling
+    sampler = BoxSampler(lower, upper, splits.train_y, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
+    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config.probe, val_x=splits.val_x,
+                      val_y=splits.val_y, augment=sampler, device=device, progress=False)
+    return {**evaluate(res.predict, splits), "boxes": {"log_width": box_log_width(lower, upper)}}
+
+
+def run_reference_probe(splits: EmbeddingSplits, config: ReferenceConfig, device=None) -> Metrics:
+    """The reference linear probe: logistic regression solved with L-BFGS, its L2 chosen on validation."""
+    res = reference_probe(splits.train_x, splits.train_y, splits.val_x, splits.val_y, splits.num_classes,
+                          l2_grid=config.l2_grid, select=config.select, max_iter=config.max_iter, tol=config.tol,
+                          device=device)
+    return evaluate(res.predict, splits)
+
+
+# ---------------------------------------------------------------- trials as one batched model
+def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None) -> list[Metrics]:
+    """Probe trials that differ in lr, weight decay and l2 (the rest shared) as one batched model."""
+    p = probes[0]
+    res = train_probe_trials(splits.train_x, splits.train_y, splits.num_classes,
+                             lr=torch.tensor([c.lr for c in probes], dtype=torch.float64),
+                             weight_decay=torch.tensor([c.weight_decay for c in probes], dtype=torch.float64),
+                             l2=torch.tensor([c.l2 for c in probes], dtype=torch.float64),
+                             seeds=[c.seed for c in probes], val_x=splits.val_x, val_y=splits.val_y,
+                             max_epochs=p.epochs, patience=p.patience, batch_size=p.batch_size,
+                             select=p.select, augment=augment, min_steps=p.min_steps, device=device)
+    per_domain = {name: res.evaluate(x, y) for name, (x, y) in splits.evals.items()}
+    per_domain["validation"] = res.evaluate(splits.val_x, splits.val_y)
+    return [{name: v[i] for name, v in per_domain.items()} for i in range(len(probes))]
+
+
+def _batchable(probes: list[ProbeConfig]) -> bool:
+    """The batched probe covers fp32 trials that differ only in lr, weight decay and l2, with early stopping."""
+    def rest(c):
+        return {k: v for k, v in dataclasses.asdict(c).items() if k not in ("lr", "weight_decay", "l2")}
+
+    return probes[0].precision == "fp32" and probes[0].patience > 0 and all(rest(c) == rest(probes[0]) for c in probes)
+
+
+def _groups(configs: list, key) -> dict:
+    out: dict = {}
+    for i, c in enumerate(configs):
+        out.setdefault(key(c), []).append(i)
+    return out
+
+
+def trials_linear_probe(splits: EmbeddingSplits, configs: list[ProbeConfig], device=None) -> list[Metrics]:
+    if not _batchable(configs):
+        return [run_linear_probe(splits, c, device) for c in configs]
+    return _probe_trials(splits, configs, device)
+
+
+def trials_lads(splits: EmbeddingSplits, configs: list[LADSMethodConfig], device=None) -> list[Metrics]:
+    if not _batchable([c.probe for c in configs]):
+        return [run_lads(splits, c, device) for c in configs]
+    source, target = (splits.extra_text[k] for k in DOMAIN_PROMPTS)
+    out: list = [None] * len(configs)
+    for idx in _groups(configs, lambda c: dataclasses.replace(c.lads, domain_weight=0.0)).values():
+        augs = train_lads_trials(splits.train_x, splits.train_y, source, target, [configs[i].lads for i in idx],
+                                 val_x=splits.val_x, val_y=splits.val_y, device=device)
+        extra = FixedBatchedAugment(torch.stack([a.augment(splits.train_x) for a in augs]),
+                                    splits.train_y.expand(len(idx), -1))
+        for i, m in zip(idx, _probe_trials(splits, [configs[i].probe for i in idx], device, extra), strict=True):
+            out[i] = m
+    return out
+
+
+def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None) -> list[Metrics]:
+    if not _batchable([c.probe for c in configs]) or not all(c.sampling.fresh for c in configs):
+        return [run_lare(splits, c, device) for c in configs]
+    # notebook 02's f_Box serves the trial that asks for its settings; the others train together
+    boxes: dict = {splits.boxes.config: splits.boxes} if splits.boxes is not None else {}
+    for idx in _groups(configs, lambda c: dataclasses.replace(c.box, alpha=0.0, scale=1.0)).values():
+        distinct = list(dict.fromkeys(configs[i].box for i in idx if configs[i].box not in boxes))
+        if distinct:
+            trained = train_box_trials(splits.train_x, splits.train_y, splits.class_text, distinct,
+                                       val_x=splits.val_x, val_y=splits.val_y, device=device)
+            boxes.update(zip(distinct, trained, strict=True))
+    out: list = [None] * len(configs)
+    for idx in _groups(configs, lambda c: (c.sampling.k, c.sampling.renormalize)).values():
+        corners = [boxes[configs[i].box].boxes(splits.train_x) for i in idx]
+        s = configs[idx[0]].sampling
+        sampler = BatchedBoxSampler(torch.stack([c[0] for c in corners]), torch.stack([c[1] for c in corners]),
+                                    splits.train_y, k=s.k, renormalize=s.renormalize)
+        for j, (i, m) in enumerate(zip(idx, _probe_trials(splits, [configs[i].probe for i in idx], device, sampler),
+                                       strict=True)):
+            out[i] = {**m, "boxes": {"log_width": box_log_width(*corners[j])}}
+    return out
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class TableRow:
+    """One Table 1 row of a method on one encoder, with the paper's (mean, std) per domain if it has one."""
+
+    encoder: str
+    label: str
+    paper: tuple[tuple[float, float | None], tuple[float, float | None]] | None = None
+
+    @property
+    def addition(self) -> bool:
+        """Rows the paper does not have (they separate the encoder from the method)."""
+        return self.paper is None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str                              # the results' ``method`` column
+    run: Callable[[EmbeddingSplits, Any, Any], Metrics]
+    sections: tuple[str, ...] = ()         # the run parameters' config sections it reads, in order
+    config: Callable[..., Any] | None = None  # sections -> the method's config (None: no training)
+    needs: frozenset[str] = frozenset()    # class_text (always there), domain_prompts, boxes, full_training_set
+    encoders_param: str = ""               # the run parameter listing its encoders
+    rows: tuple[TableRow, ...] = ()        # Table 1
+    run_trials: Callable[[EmbeddingSplits, list, Any], list[Metrics]] | None = None  # batched trials of one unit
+
+    def make_config(self, sections: dict[str, Any], seed: int):
+        """The method's config from the run's sections, with ``seed`` in every section that has one."""
+        if self.config is None:
+            return None
+        seeded = {k: dataclasses.replace(sections[k], seed=seed) if hasattr(sections[k], "seed") else sections[k]
+                  for k in self.sections}
+        return self.config(**seeded)
+
+    def applies(self, splits_text: dict[str, torch.Tensor], shots: int) -> bool:
+        """Whether the method can run on a unit (its domain prompts exist, its shot setting is allowed)."""
+        if "domain_prompts" in self.needs and not set(DOMAIN_PROMPTS) <= set(splits_text):
+            return False
+        return not ("full_training_set" in self.needs and shots != 0)
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("zero-shot", run_zero_shot, needs=frozenset({"class_text"}), encoders_param="baseline_encoders",
+           rows=(TableRow("clip", "CLIP (zero-shot)", ((63.27, None), (54.71, None))),
+                 TableRow("coca", "CoCa (zero-shot)", ((73.63, None), (65.05, None))))),
+    Method("linear-probe", run_linear_probe, sections=("probe",), config=lambda probe: probe,
+           encoders_param="baseline_encoders", run_trials=trials_linear_probe,
+           rows=(TableRow("clip", "CLIP (fine-tuning)", ((86.39, 0.03), (64.40, 0.16))),
+                 TableRow("coca", "CoCa (fine-tuning)", ((86.98, 0.16), (71.56, 0.12))))),
+    Method("lads", run_lads, sections=("lads", "probe"), config=LADSMethodConfig,
+           needs=frozenset({"class_text", "domain_prompts", "full_training_set"}), encoders_param="lads_encoders",
+           run_trials=trials_lads,
+           rows=(TableRow("clip", "LADS", ((86.31, 0.15), (65.90, 0.15))),
+                 TableRow("coca", "LADS on CoCa features (addition)"))),
+    Method("lare", run_lare, sections=("box", "sampling", "probe"), config=LAREConfig,
+           needs=frozenset({"class_text", "boxes"}), encoders_param="lare_encoders", run_trials=trials_lare,
+           rows=(TableRow("coca", "LARE", ((87.01, 0.04), (72.98, 0.16))),
+                 TableRow("clip", "LARE on CLIP features (addition)"))),
+    Method("linear-probe-lbfgs", run_reference_probe, sections=("reference",), config=lambda reference: reference,
+           encoders_param="baseline_encoders",
+           rows=(TableRow("clip", "CLIP (linear probe, L-BFGS)"), TableRow("coca", "CoCa (linear probe, L-BFGS)"))),
+)}
+
+
+def table1_rows() -> list[tuple[str, TableRow]]:
+    """(method, row) in Table 1 order: the paper's rows in registry order, then our additions."""
+    rows = [(m.name, r) for m in REGISTRY.values() for r in m.rows]
+    return [x for x in rows if not x[1].addition] + [x for x in rows if x[1].addition]
+
+
+def get(name: str) -> Method:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name]

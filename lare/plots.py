@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from .stats import paired_interval
 from .utils import atomic_path
 
 FIG3_LINES = [("zero-shot", "coca", "CoCa zero-shot"), ("linear-probe", "coca", "CoCa linear probe"),
@@ -121,5 +122,34 @@ def accuracy_bars(rows: pd.DataFrame, title: str):
     piv.plot.barh(ax=ax)
     ax.set_xlabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(trials: pd.DataFrame, *, title: str):
+    """LARE's in- and out-of-domain top-1 against alpha, samples per item k and the mean box
+    log-width of each search trial (one point per trial and encoder: mean over seeds with a 95 %
+    t-interval; the x of box width is its mean over seeds). Filled markers: trials the search selected."""
+    panels = (("alpha", "alpha (Eq. (5))"), ("k", "box samples per item k"), ("log_width", "mean box log-width per dimension"))
+    domains = [d for d in ("in_domain", "out_of_domain") if d in set(trials["domain"])]
+    fig, axes = plt.subplots(len(domains), len(panels), figsize=(4 * len(panels), 3.2 * len(domains)), squeeze=False)
+    for row, dom in enumerate(domains):
+        for col, (x, label) in enumerate(panels):
+            ax = axes[row][col]
+            for enc, g in trials[trials["domain"] == dom].groupby("encoder"):
+                pts = []
+                for _, t in g.groupby("trial"):
+                    mean, low, high = paired_interval(list(t["top1"]))
+                    pts.append((t[x].mean(), mean, mean - low if low == low else 0.0, bool(t["selected"].any())))
+                pts.sort()
+                xs, ys, err, sel = zip(*pts, strict=True)
+                line = ax.errorbar(xs, ys, yerr=err, fmt="o", ms=4, capsize=2, alpha=0.8, label=enc, mfc="none")
+                ax.scatter([a for a, s in zip(xs, sel, strict=True) if s], [b for b, s in zip(ys, sel, strict=True) if s],
+                           color=line[0].get_color(), s=20, zorder=3)
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"top-1 (%), {dom.replace('_', '-')}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -2,13 +2,14 @@
 
 The linear probe (the paper's "fine-tuning": one fully connected layer on the frozen image
 encoder) trains on cached embeddings kept on the device. It can be fed extra embeddings each
-epoch by an *augmenter*: samples from LARE boxes (:class:`BoxSampler`) or LADS augmentations
-(:class:`FixedAugment`).
+epoch by an *augmenter*: samples from LARE boxes (:class:`lare.box.BoxSampler`) or LADS
+augmentations (:class:`FixedAugment`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .box import sample_boxes
-from .train import TrainingConfig, autocast, batches, compute_dtype, effective_epochs, make_optimizer, seeded_init
+from .train import SCORE_TIE_TOL, EarlyStop, TrainingConfig, autocast, batches, compute_dtype, effective_epochs, make_optimizer, seeded_init
 from .utils import make_generator, resolve_device
 
 SELECT_METRICS = ("balanced_acc", "top1")
@@ -52,45 +52,6 @@ def zero_shot_predict(x: torch.Tensor, class_text: torch.Tensor) -> torch.Tensor
 Augmenter = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-class BoxSampler:
-    """Extra training embeddings drawn uniformly from each training item's box (LARE step 2).
-
-    k: samples per item and epoch. fresh: new samples every epoch (True) or one draw reused for
-    all epochs (False). renormalize: project samples back onto the unit sphere, where the image
-    embeddings live.
-    """
-
-    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *, k: int = 1,
-                 fresh: bool = True, renormalize: bool = True):
-        if len(lower) != len(labels):
-            raise ValueError(f"{len(lower)} boxes but {len(labels)} labels")
-        self.lower, self.upper, self.labels = lower, upper, labels
-        self.k, self.fresh, self.renormalize = int(k), bool(fresh), bool(renormalize)
-        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def size(self) -> int:
-        """Extra embeddings per epoch."""
-        return len(self.lower) * self.k
-
-    def to(self, device: torch.device) -> BoxSampler:
-        self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
-        if self._fixed is not None:
-            self._fixed = tuple(t.to(device) for t in self._fixed)
-        return self
-
-    def __call__(self, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.fresh and self._fixed is not None:
-            return self._fixed
-        s = sample_boxes(self.lower, self.upper, self.k, generator=generator).reshape(-1, self.lower.shape[1])
-        if self.renormalize:
-            s = F.normalize(s, dim=-1)
-        out = (s, self.labels.repeat_interleave(self.k))
-        if not self.fresh:
-            self._fixed = out
-        return out
-
-
 class FixedAugment:
     """A fixed set of extra embeddings (e.g. one LADS augmentation per training image)."""
 
@@ -117,18 +78,26 @@ class ProbeConfig(TrainingConfig):
     """Linear probe training (recorded with each result).
 
     The training settings are those of :class:`lare.train.TrainingConfig`, with the defaults of
-    LADS's probe (AdamW, lr 1e-3, weight decay 0.05, batch 256) and 100 epochs; ``min_steps`` and
-    ``max_steps`` count the originals plus the augmenter's extra embeddings; with ``bf16`` the
-    model selection runs under autocast too, predictions afterwards in float32.
+    LADS's probe (AdamW, lr 1e-3, weight decay 0.05, batch 256), 50 epochs and at least 200
+    optimiser steps (a 1-shot set is one batch per epoch and would otherwise barely train);
+    ``min_steps`` and ``max_steps`` count the originals plus the augmenter's extra embeddings;
+    with ``bf16`` the model selection runs under autocast too, predictions afterwards in float32.
     select: validation metric for model selection (``balanced_acc`` as LADS, or ``top1``).
+    l2: a coupled L2 penalty ``(l2 / 2) ||W||^2`` on the weight (not the bias) added to the loss, so
+        with ``weight_decay`` 0 the probe minimises the regularised logistic-regression objective
+        of the reference probe (:mod:`lare.reference`); AdamW's decoupled weight decay does not
+        (its fixed point is another, per-coordinate regulariser). Default 0 (LADS's probe).
     """
 
-    epochs: int = 100
     weight_decay: float = 0.05
+    min_steps: int = 200
     select: str = "balanced_acc"
+    l2: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        if not math.isfinite(self.l2) or self.l2 < 0:
+            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2!r}")
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
 
@@ -139,6 +108,7 @@ class ProbeResult:
     config: ProbeConfig
     best_epoch: int
     history: list[dict] = field(default_factory=list)
+    stopped_by: str = "budget"  # what ended training: the epoch budget or early stopping's patience
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +148,7 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
     history, best, best_epoch, best_state = [], -1.0, -1, None
     n_epoch = len(x) + (getattr(augment, "size", 0) if augment is not None else 0)
     epochs = effective_epochs(cfg.epochs, n_epoch, cfg.batch_size, cfg.min_steps, cfg.max_steps)
+    early, steps = EarlyStop(cfg.patience, cfg.min_steps, lower=False, abs_tol=SCORE_TIE_TOL), 0
     bar = tqdm(range(epochs), desc="probe", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
@@ -190,10 +161,11 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
             with autocast(dev, cfg.precision):
                 loss = F.cross_entropy(model(ex[idx]), ey[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + 0.5 * cfg.l2 * model.weight.pow(2).sum() if cfg.l2 else loss).backward()
             opt.step()
             total += loss.detach() * len(idx)
             count += len(idx)
+            steps += 1
         row = {"epoch": epoch, "train_loss": (total / count).item()}
         if has_val:
             model.eval()
@@ -203,10 +175,12 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
         else:
             score = epoch
         history.append(row)
-        if score > best:
+        if score > best + SCORE_TIE_TOL:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+        if has_val and early.update(epoch, score, steps):
+            break
     model.load_state_dict(best_state)
     model.eval()
-    return ProbeResult(model=model, config=cfg, best_epoch=best_epoch, history=history)
+    return ProbeResult(model=model, config=cfg, best_epoch=best_epoch, history=history, stopped_by=early.stopped_by)

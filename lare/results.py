@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .methods import table1_rows
+from .stats import paired_interval
 from .utils import atomic_path, git_commit, hash_config, package_versions
 
 KEY = ("method", "encoder", "dataset", "domain", "shots", "seed")
+PROBE_METHOD = "linear-probe"  # the yardstick of the paired differences
 FULL_SHOTS = 0  # "shots = 0" means the whole training pool
 
 
@@ -36,11 +39,14 @@ def _locked(path: Path):
 
 
 def make_rows(*, method: str, encoder: str, dataset: str, shots: int, seed: int,
-              metrics_by_domain: dict[str, dict[str, float]], params: dict) -> list[dict]:
-    """Rows for one unit of work (one method, encoder, dataset, shots, seed), one per domain."""
+              metrics_by_domain: dict[str, dict[str, float]], params: dict, extra: dict | None = None) -> list[dict]:
+    """Rows for one unit of work (one method, encoder, dataset, shots, seed), one per domain.
+
+    ``params`` are the inputs (hashed: they decide whether a unit is done); ``extra`` what the run
+    found (the search's chosen trial and every trial's scores), recorded but not hashed."""
     base = {"method": method, "encoder": encoder, "dataset": dataset, "shots": int(shots), "seed": int(seed),
             "params": params, "config_hash": hash_config(params), "git_commit": git_commit(),
-            "versions": package_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "versions": package_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     return [{**base, "domain": domain, **{k: float(v) for k, v in m.items()}}
             for domain, m in metrics_by_domain.items()]
 
@@ -82,7 +88,10 @@ def has_result(path: str | Path, *, method: str, encoder: str, dataset: str, sho
 def aggregate(rows: list[dict]) -> pd.DataFrame:
     """Mean and sample std (ddof=1) over seeds per (method, encoder, dataset, domain, shots).
 
-    Refuses to average rows whose configuration hashes differ within one cell.
+    Refuses to average rows whose configuration hashes differ within one cell. Also per cell: the
+    protocol, the settings the search selected per seed, and the difference from the linear probe
+    of the same encoder, dataset, domain and shots: the mean of the per-seed differences in top-1
+    with a paired 95 % t-interval (``delta_probe_mean``, ``_low``, ``_high``).
     """
     if not rows:
         raise ValueError("no result rows to aggregate")
@@ -96,7 +105,35 @@ def aggregate(rows: list[dict]) -> pd.DataFrame:
     agg = df.groupby(cell).agg(n_seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
                                balanced_acc_mean=("balanced_acc", "mean"), balanced_acc_std=("balanced_acc", "std"),
                                config_hash=("config_hash", "first")).reset_index()
-    return agg.fillna({"top1_std": 0.0, "balanced_acc_std": 0.0})
+    agg = agg.fillna({"top1_std": 0.0, "balanced_acc_std": 0.0})
+    protocol = {k: (g["params"].iloc[0] or {}).get("protocol", "") if "params" in g else "" for k, g in df.groupby(cell)}
+    selected = {k: json.dumps({int(r.seed): r.selected for r in g.itertuples()}, sort_keys=True)
+                if "selected" in g and g["selected"].notna().all() else "" for k, g in df.groupby(cell)}
+    keys = list(agg[cell].itertuples(index=False, name=None))
+    agg["protocol"] = [protocol[k] for k in keys]
+    agg["selected"] = [selected[k] for k in keys]
+    probe = {tuple(r[c] for c in [*cell[1:], "seed"]): r["top1"] for r in rows if r["method"] == PROBE_METHOD}
+    deltas = []
+    for k in keys:
+        g = df[(df[cell] == pd.Series(k, index=cell)).all(axis=1)]
+        diffs = [t - probe[(*k[1:], s)] for t, s in zip(g["top1"], g["seed"], strict=True) if (*k[1:], s) in probe]
+        deltas.append(paired_interval(diffs))
+    agg["delta_probe_mean"], agg["delta_probe_low"], agg["delta_probe_high"] = zip(*deltas, strict=True) if deltas else ((), (), ())
+    return agg
+
+
+def oracle_rows(rows: list[dict]) -> list[dict]:
+    """The rows an *oracle* selection would give: per unit, the trial with the best out-of-domain
+    top-1 (the target domain, which a real model selection never sees). Units without a search
+    (one trial) or without an out-of-domain set are left out. For the labelled oracle table only."""
+    out = []
+    for r in rows:
+        trials = r.get("trials") or []
+        if len(trials) < 2 or not all("out_of_domain" in t for t in trials):
+            continue
+        best = max(range(len(trials)), key=lambda i: (trials[i]["out_of_domain"]["top1"], -i))
+        out.append({**r, **trials[best][r["domain"]], "trial": best, "selected": trials[best]["settings"]})
+    return out
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
@@ -105,25 +142,8 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- Table 1
-# (method, encoder) -> row label of Table 1; the last two are our additions.
-TABLE1_ROWS = [
-    (("zero-shot", "clip"), "CLIP (zero-shot)"),
-    (("zero-shot", "coca"), "CoCa (zero-shot)"),
-    (("linear-probe", "clip"), "CLIP (fine-tuning)"),
-    (("linear-probe", "coca"), "CoCa (fine-tuning)"),
-    (("lads", "clip"), "LADS"),
-    (("lare", "coca"), "LARE"),
-    (("lare", "clip"), "LARE on CLIP features (addition)"),
-    (("lads", "coca"), "LADS on CoCa features (addition)"),
-]
-PAPER_TABLE1 = {  # PAPER.md section 8: (in-domain, out-of-domain) top-1 %, std where printed
-    "CLIP (zero-shot)": ((63.27, None), (54.71, None)),
-    "CoCa (zero-shot)": ((73.63, None), (65.05, None)),
-    "CLIP (fine-tuning)": ((86.39, 0.03), (64.40, 0.16)),
-    "CoCa (fine-tuning)": ((86.98, 0.16), (71.56, 0.12)),
-    "LADS": ((86.31, 0.15), (65.90, 0.15)),
-    "LARE": ((87.01, 0.04), (72.98, 0.16)),
-}
+# Table 1 rows (method, encoder, label, the paper's numbers) come from the method registry.
+PAPER_TABLE1 = {row.label: row.paper for _, row in table1_rows() if row.paper}  # docs/method.md section 8
 DOMAINS = (("in_domain", "In-domain"), ("out_of_domain", "Out-of-domain"))
 
 
@@ -131,7 +151,8 @@ def table1(agg: pd.DataFrame, dataset: str, *, with_paper: bool = False) -> pd.D
     """Table 1 from the aggregated CSV: one row per method, mean and std per domain (full shots)."""
     sub = agg[(agg["dataset"] == dataset) & (agg["shots"] == FULL_SHOTS)]
     out = []
-    for (method, enc), label in TABLE1_ROWS:
+    for method, spec in table1_rows():
+        enc, label = spec.encoder, spec.label
         row = {"method": label}
         found = False
         for dom, col in DOMAINS:
@@ -140,6 +161,9 @@ def table1(agg: pd.DataFrame, dataset: str, *, with_paper: bool = False) -> pd.D
                 found = True
                 row[f"{col} mean"], row[f"{col} std"] = hit["top1_mean"].iloc[0], hit["top1_std"].iloc[0]
                 row["seeds"] = int(hit["n_seeds"].iloc[0])
+                if "delta_probe_mean" in hit and method != PROBE_METHOD:
+                    for part in ("mean", "low", "high"):
+                        row[f"{col} vs probe {part}"] = hit[f"delta_probe_{part}"].iloc[0]
             if with_paper and label in PAPER_TABLE1:
                 paper = PAPER_TABLE1[label][0 if dom == "in_domain" else 1][0]
                 row[f"{col} paper"] = paper
@@ -153,12 +177,21 @@ def _fmt(mean, std) -> str:
     return "" if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
 
 
+def _fmt_delta(mean, low, high) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{mean:+.2f}" + ("" if pd.isna(low) else f" [{low:+.2f}, {high:+.2f}]")
+
+
 def table1_display(t: pd.DataFrame) -> pd.DataFrame:
     """Human-readable columns: 'mean ± std', paper value and difference where present."""
     out = pd.DataFrame({"Method": t["method"]})
     for _dom, col in DOMAINS:
         if f"{col} mean" in t:
             out[col] = [_fmt(m, s) for m, s in zip(t[f"{col} mean"], t[f"{col} std"], strict=True)]
+        if f"{col} vs probe mean" in t:
+            out[f"{col} vs probe [95% CI]"] = [_fmt_delta(m, lo, hi) for m, lo, hi in zip(
+                t[f"{col} vs probe mean"], t[f"{col} vs probe low"], t[f"{col} vs probe high"], strict=True)]
         if f"{col} paper" in t:
             out[f"{col} (paper)"] = t[f"{col} paper"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
             out[f"{col} (diff)"] = t[f"{col} diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
@@ -183,15 +216,15 @@ def latex_escape(text: str) -> str:
     return out.replace("~", r"\textasciitilde{}").replace("^", r"\textasciicircum{}")
 
 
-def write_table1(t: pd.DataFrame, folder: str | Path, *, title: str) -> dict[str, Path]:
+def write_table1(t: pd.DataFrame, folder: str | Path, *, title: str, stem: str = "table1") -> dict[str, Path]:
     """Table 1 as CSV (numbers), Markdown and LaTeX (formatted), under ``folder``."""
     folder = Path(folder)
     shown = table1_display(t)
-    paths = {"csv": folder / "table1.csv", "md": folder / "table1.md", "tex": folder / "table1.tex"}
+    paths = {ext: folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
     write_csv(t, paths["csv"])
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text(f"**{title}**\n\n" + markdown_table(shown) + "\n")
-    latex = shown.to_latex(index=False, caption=latex_escape(title), label="tab:table1").replace("±", r"$\pm$")
+    latex = shown.to_latex(index=False, caption=latex_escape(title), label=f"tab:{stem}").replace("±", r"$\pm$")
     with atomic_path(paths["tex"]) as tmp:
         tmp.write_text(latex)
     return paths

@@ -1,18 +1,16 @@
 """Seeded, saved, disjoint splits: validation carved from training, k-shot subsets.
 
 Every draw uses its own ``torch.Generator`` seeded explicitly (never the global RNG), works on
-ids (strings), and is saved as JSON id lists next to the results, so anyone can check it.
+ids (strings), and is saved as JSON id lists next to the results (:mod:`lare.runfolder`), so anyone can check it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from .utils import make_generator, write_json_atomic
+from .utils import make_generator
 
 
 def _by_class(labels: Sequence[int]) -> dict[int, list[int]]:
@@ -77,14 +75,3 @@ def check_disjoint(**named: Sequence[str]) -> None:
             common = set(named[a]) & set(named[b])
             if common:
                 raise ValueError(f"splits {a!r} and {b!r} share {len(common)} ids, e.g. {sorted(common)[:3]}")
-
-
-def save_split(path: str | Path, **named: Sequence[str]) -> None:
-    check_disjoint(**named)
-    write_json_atomic(path, {k: list(v) for k, v in named.items()})
-
-
-def load_split(path: str | Path) -> dict[str, list[str]]:
-    data = json.loads(Path(path).read_text())
-    check_disjoint(**data)
-    return data

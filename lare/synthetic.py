@@ -18,7 +18,6 @@ Generative model (all vectors in R^d, ``n(.)`` is L2 normalisation):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +93,3 @@ def make_synthetic(spec: SyntheticSpec | None = None, *, seed: int = 0,
         "painting_text": text(s.text_domain * v_text["painting"]),
         "class_names": [f"class {c:03d}" for c in range(C)],
     }
-
-
-def spec_dict(spec: SyntheticSpec) -> dict:
-    return dataclasses.asdict(spec)

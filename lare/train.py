@@ -86,6 +86,10 @@ class TrainingConfig:
     min_steps, max_steps: bounds on the optimiser steps (0: none); the epochs are stretched or cut
         to meet them (:func:`effective_epochs`), so tiny few-shot sets still train and large sets
         stay affordable.
+    patience: early stopping: training ends when the validation score has not improved for this
+        many epochs (never before ``min_steps``); ``epochs`` is then the budget. 0 (default): train
+        every epoch, today's fixed recipe. The result records whether patience or the budget
+        ended it (``stopped_by``).
     precision: ``fp32`` (default) or ``bf16``: the forward pass under bfloat16 autocast; weights,
         optimiser state, softmaxes and reductions stay float32 (see the module docstring).
     """
@@ -98,9 +102,12 @@ class TrainingConfig:
     min_steps: int = 0
     max_steps: int = 0
     precision: str = "fp32"
+    patience: int = 0
 
     def __post_init__(self):
         check_precision(self.precision)
+        if not is_int(self.patience) or self.patience < 0:
+            raise ValueError(f"patience must be an integer >= 0 (0: no early stopping), got {self.patience!r}")
         check_training(self.epochs, self.batch_size, self.lr, self.seed, self.weight_decay, self.min_steps,
                        self.max_steps)
 
@@ -135,15 +142,44 @@ def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
         return factory()
 
 
+LOSS_REL_TOL = 1e-3  # a validation loss must fall by more than 0.1 % to count as progress for patience
+# Validation accuracies closer than this (percentage points) tie: the same balanced accuracy reached
+# with different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
+SCORE_TIE_TOL = 1e-9
+
+
+class EarlyStop:
+    """Patience on a validation score: ``update(epoch, score, steps)`` is True (stop) after
+    ``patience`` epochs without progress, once ``min_steps`` optimiser steps are done (``patience``
+    0: never). Progress is a score better than the last progress by more than ``rel_tol`` of it:
+    losses that creep down by 1e-6 an epoch would otherwise never stop (the best epoch is still
+    tracked exactly by the caller). ``lower``: lower scores are better (losses)."""
+
+    def __init__(self, patience: int, min_steps: int = 0, *, lower: bool = True, rel_tol: float = 0.0,
+                 abs_tol: float = 0.0):
+        self.patience, self.min_steps, self.lower, self.rel_tol, self.abs_tol = patience, min_steps, lower, rel_tol, abs_tol
+        self.ref, self.ref_epoch, self.stopped_by = None, 0, "budget"
+
+    def update(self, epoch: int, score: float, steps: int) -> bool:
+        margin = max(self.rel_tol * abs(self.ref), self.abs_tol) if self.ref is not None else 0.0
+        if self.ref is None or (score < self.ref - margin if self.lower else score > self.ref + margin):
+            self.ref, self.ref_epoch = score, epoch
+        if self.patience and epoch - self.ref_epoch >= self.patience and steps >= self.min_steps:
+            self.stopped_by = "patience"
+            return True
+        return False
+
+
 def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor, *,
              val: tuple[torch.Tensor, torch.Tensor] | None, epochs: int, batch_size: int, lr: float,
              weight_decay: float, seed: int, desc: str, progress: bool,
-             precision: str = "fp32") -> tuple[int, list[dict]]:
+             precision: str = "fp32", early: EarlyStop | None = None) -> tuple[int, list[dict]]:
     """AdamW on ``terms(x_batch, y_batch)["total"]``; loads the best epoch's weights into ``model``.
 
     Returns ``(best_epoch, history)``; ``history`` has per epoch the mean training terms
-    (``train_*``) and the validation terms (``val_*``).
+    (``train_*``) and the validation terms (``val_*``). ``early`` stops on the validation loss.
     """
+    steps = 0
     opt = make_optimizer(model.parameters(), lr, weight_decay, x.device)
     gen = make_generator(seed, "cpu")
     history, best, best_epoch, best_state = [], float("inf"), -1, None
@@ -160,6 +196,7 @@ def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor,
             for k, v in t.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
             count += len(idx)
+            steps += 1
         row = {"epoch": epoch, **{f"train_{k}": (v / count).item() for k, v in sums.items()}}
         if val is not None:
             model.eval()
@@ -172,6 +209,8 @@ def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor,
         if score < best:
             best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{row['train_total']:.4f}")
+        if early is not None and val is not None and early.update(epoch, score, steps):
+            break
     if best_state is None:
         raise FloatingPointError(f"{desc}: training diverged (every validation loss was NaN or infinite); "
                                  "lower the learning rate or the logit scale")

@@ -11,6 +11,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lare.datasets import Item  # noqa: E402
@@ -75,3 +76,13 @@ def tiny_encoder(request):
     from lare.encoders import load_encoder
 
     return load_encoder(request.param, "none", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module of tiny training problems: OpenMP hand-offs dominate them
+    on a busy 2-core machine, and the numbers are the same run after run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

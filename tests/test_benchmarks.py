@@ -52,7 +52,7 @@ def test_bench_downstream_runs_the_paper_settings_on_small_caches(capsys, monkey
     rc = bench.main(["--datasets", "cub", "--seeds", "0", "--dim", "16", "--threads", "1", "--precision", "bf16"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "'precision': 'bf16'" in out  # the override reached box, probe and lads
+    assert out.count("precision='bf16'") >= 3  # the override reached box, probe and lads
     for method in ("lare f_Box (step 1)", "lads (f_aug + probe)", "lare probe (step 2)", "linear-probe", "zero-shot"):
         assert method in out
     assert "total wall time of the downstream" in out
@@ -66,3 +66,12 @@ def test_bench_extraction_pipeline_against_forward(tmp_path, capsys):
     assert rc == 0
     assert "(a) forward on pre-made tensors" in out and "ratio pipeline/forward" in out
     assert len(list((tmp_path / "jpegs").glob("*.jpg"))) == 8
+
+
+def test_bench_search_prints_the_probe_trials_ratio(capsys):
+    bench = _load("bench_search")
+    rc = bench.main(["--n", "200", "--val", "50", "--dim", "16", "--classes", "5", "--trials", "4", "--epochs", "3",
+                     "--repeats", "1", "--threads", "1", "--skip-demo"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "ratio 4 batched trials / 1 trial" in out and "target <= 3" in out

@@ -177,7 +177,7 @@ def test_box_config_rejects_values_that_fail_later(kwargs):
 def test_box_config_defaults_and_dict():
     cfg = BoxConfig()
     assert 0 <= cfg.alpha <= 1
-    assert cfg.volume == "dot_normalized"  # PAPER.md section 4: the default must keep boxes bounded
+    assert cfg.volume == "dot_normalized"  # docs/method.md section 4: the default must keep boxes bounded
     d = cfg.to_dict()
     assert BoxConfig(**d) == cfg
     assert BoxConfig(alpha=0.0).alpha == 0.0 and BoxConfig(alpha=1.0).alpha == 1.0

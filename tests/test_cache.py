@@ -14,9 +14,7 @@ from lare.cache import (
     CacheMismatchError,
     EmbeddingSet,
     cache_key,
-    cached_class_text,
     entry_dir,
-    extract_embeddings,
     ids_digest,
     is_complete,
     load_embeddings,
@@ -26,6 +24,7 @@ from lare.cache import (
 )
 from lare.datasets import ImageDecodeError, ImageFiles, Item
 from lare.encoders import class_text_embeddings, encode_images
+from lare.extraction import cached_class_text, extract_embeddings
 from lare.utils import atomic_path, write_json_atomic
 
 LABELS = ["a", "b", "c"]

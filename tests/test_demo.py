@@ -11,8 +11,8 @@ def test_demo_runs_every_method_and_domain_reproducibly(tmp_path):
     df = demo.run(tmp_path / "a", seeds=[0], epochs=2)
     assert set(df["encoder"]) == set(demo.ENCODERS)
     assert set(df["method"]) == {"zero-shot", "linear probe", "LADS", "LARE"}
-    assert set(df["domain"]) == {"in_domain", "out_of_domain"}
-    assert len(df) == len(demo.ENCODERS) * 4 * 2
+    assert set(df["domain"]) == {"in_domain", "out_of_domain", "validation"}
+    assert len(df) == len(demo.ENCODERS) * 4 * 3
     assert df["top1"].between(0, 100).all() and df["top1"].max() > 10  # something was learnt
     # the splits are saved in the run folder, and the same seed gives the same numbers
     assert list((tmp_path / "a" / "splits" / demo.DATASET).glob("shots0_seed0.json"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lare.pipeline import load_encoder_data
+from lare.runfolder import load_encoder_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""What the notebooks call: lare.pipeline (parameters, embedding sources, splits, the run steps)."""
+"""What the notebooks call: the parameter schema, embedding sources (lare.ingest), the run folder and
+its splits (lare.runfolder), and the experiment loops over the method registry (lare.experiment)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lare import pipeline as P
-from lare.pipeline import ParameterError
+from lare import experiment, ingest, runfolder
+from lare.params import ParameterError, build, deep_merge
 
 SPEC = {"num_classes": 5, "dim": 16, "n_train_per_class": 8, "n_test_per_class": 4, "n_ood_per_class": 4}
 DS = "synth"
 VAL = 0.25  # 8 training items per class -> 2 to validation, 6 left for training
-COMMON = {"device": "cpu", "progress": False, "val_fraction": VAL}
 
 
 def stamp(path):
@@ -26,22 +26,27 @@ def stamp(path):
 
 
 def write_both(run_dir, cache_dir, dataset=DS, spec=SPEC, **kw):
-    P.write_synthetic(run_dir, cache_dir, dataset, "clip", spec, noise=0.8, **kw)
-    P.write_synthetic(run_dir, cache_dir, dataset, "coca", spec, noise=0.6, **kw)
+    ingest.write_synthetic(run_dir, cache_dir, dataset, "clip", spec, noise=0.8, **kw)
+    ingest.write_synthetic(run_dir, cache_dir, dataset, "coca", spec, noise=0.6, **kw)
 
 
-# ---------------------------------------------------------------- check_common
-GOOD = {"seeds": [0, 1], "shots": [0, 4], "encoders": {"coca": {"model": "m"}}, "source": "synthetic",
+# ---------------------------------------------------------------- the schema's value checks
+GOOD = {"seeds": [0, 1], "shots": [0, 4], "encoders": {"coca": {"model": "m", "noise": 0.6}}, "source": "synthetic",
         "val_fraction": 0.2}
 
 
+def check_common(**values):
+    return build(values)
+
+
 def test_check_common_accepts_good_parameters():
-    assert P.check_common(**GOOD) is None
+    p = check_common(**GOOD)
+    assert p.seeds == [0, 1] and p.val_fraction == 0.2
 
 
 def test_check_common_lists_every_problem_in_one_message():
     with pytest.raises(ParameterError) as err:
-        P.check_common(seeds=[], shots=[0, -1], encoders={"coca": {}}, source="pictures", val_fraction=1.5)
+        check_common(seeds=[], shots=[0, -1], encoders={"coca": {"noise": 0.6}}, source="pictures", val_fraction=1.5)
     msg = str(err.value)
     assert "seeds must be a non-empty list of integers" in msg
     assert "shots must be a non-empty list of integers >= 0" in msg and "-1" in msg
@@ -66,34 +71,34 @@ def test_check_common_lists_every_problem_in_one_message():
 ])
 def test_check_common_rejects_each_bad_value(key, value, needle):
     with pytest.raises(ParameterError, match=needle) as err:
-        P.check_common(**{**GOOD, key: value})
+        check_common(**{**GOOD, key: value})
     assert str(err.value).count("\n  - ") == 1
 
 
 def test_check_common_non_numeric_val_fraction_is_a_parameter_error():
     with pytest.raises(ParameterError) as err:
-        P.check_common(**{**GOOD, "seeds": [], "val_fraction": None})
+        check_common(**{**GOOD, "seeds": [], "val_fraction": None})
     assert "seeds" in str(err.value) and "val_fraction" in str(err.value)
 
 
 def test_check_common_rejects_bool_seeds():
     with pytest.raises(ParameterError, match="seeds"):
-        P.check_common(**{**GOOD, "seeds": [True]})
+        check_common(**{**GOOD, "seeds": [True]})
 
 
 # ---------------------------------------------------------------- the embedding index
 def test_read_index_missing_names_notebook_01(tmp_path):
     with pytest.raises(FileNotFoundError, match="01_extract_embeddings"):
-        P.read_index(tmp_path / "run", "nowhere", "coca")
+        runfolder.read_index(tmp_path / "run", "nowhere", "coca")
     with pytest.raises(FileNotFoundError, match="01_extract_embeddings"):
-        P.load_encoder_data(tmp_path / "run", "nowhere", "coca")
+        runfolder.load_encoder_data(tmp_path / "run", "nowhere", "coca")
 
 
 def test_synthetic_round_trip(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    idx = P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
-    assert idx == P.index_path(run, DS, "coca") and idx.is_file()
-    d = P.load_encoder_data(run, DS, "coca")
+    idx = ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
+    assert idx == runfolder.index_path(run, DS, "coca") and idx.is_file()
+    d = runfolder.load_encoder_data(run, DS, "coca")
     assert set(d.sets) == {"train", "test", "ood"}
     assert d.sets["train"].embeddings.shape == (40, 16)
     assert d.sets["test"].embeddings.shape == (20, 16)
@@ -107,14 +112,14 @@ def test_synthetic_round_trip(tmp_path):
     # the cache lives under cache_dir, the index under run_dir
     assert all(str(cache) in p for p in d.index["splits"].values())
     # the same call gives the same embeddings
-    P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
-    again = P.load_encoder_data(run, DS, "coca")
+    ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
+    again = runfolder.load_encoder_data(run, DS, "coca")
     assert torch.equal(again.sets["train"].embeddings, d.sets["train"].embeddings)
 
 
 def test_synthetic_without_domains(tmp_path):
-    P.write_synthetic(tmp_path / "run", tmp_path / "cache", "fs", "coca", SPEC, noise=0.6, with_domains=False)
-    d = P.load_encoder_data(tmp_path / "run", "fs", "coca")
+    ingest.write_synthetic(tmp_path / "run", tmp_path / "cache", "fs", "coca", SPEC, noise=0.6, with_domains=False)
+    d = runfolder.load_encoder_data(tmp_path / "run", "fs", "coca")
     assert set(d.sets) == {"train", "test"}
     assert d.extra_text == {}
 
@@ -123,17 +128,17 @@ def test_synthetic_without_domains(tmp_path):
 @pytest.fixture
 def synth_data(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
-    return run, cache, P.load_encoder_data(run, DS, "coca")
+    ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
+    return run, cache, runfolder.load_encoder_data(run, DS, "coca")
 
 
 def _split_ids(run, shots, seed):
-    return json.loads(P.split_path(run, DS, shots, seed).read_text())
+    return json.loads(runfolder.split_path(run, DS, shots, seed).read_text())
 
 
 def test_encoder_splits_full_shots(synth_data):
     run, _, d = synth_data
-    s = P.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=VAL)
+    s = runfolder.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=VAL)
     ids = _split_ids(run, 0, 0)
     train, val = set(ids["train"]), set(ids["val"])
     assert not train & val
@@ -154,8 +159,8 @@ def test_encoder_splits_full_shots(synth_data):
 
 def test_encoder_splits_kshot(synth_data):
     run, _, d = synth_data
-    full = P.encoder_splits(d, run, DS, shots=0, seed=3, val_fraction=VAL)
-    s = P.encoder_splits(d, run, DS, shots=2, seed=3, val_fraction=VAL)
+    full = runfolder.encoder_splits(d, run, DS, shots=0, seed=3, val_fraction=VAL)
+    s = runfolder.encoder_splits(d, run, DS, shots=2, seed=3, val_fraction=VAL)
     assert Counter(s.train_y.tolist()) == {c: 2 for c in range(5)}
     ids, full_ids = _split_ids(run, 2, 3), _split_ids(run, 0, 3)
     # validation is carved first (same for every shots), the k shots come from what remains
@@ -166,52 +171,52 @@ def test_encoder_splits_kshot(synth_data):
 
 def test_encoder_splits_saved_and_reused(synth_data):
     run, _, d = synth_data
-    a = P.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
-    path = P.split_path(run, DS, 2, 1)
+    a = runfolder.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
+    path = runfolder.split_path(run, DS, 2, 1)
     assert path.is_file()
     mtime = stamp(path)
-    b = P.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
+    b = runfolder.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
     assert stamp(path) == mtime
     for name in ("train_x", "train_y", "val_x", "val_y"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     # the saved file is what is used: a (valid) edited file changes the result
     ids = json.loads(path.read_text())
     path.write_text(json.dumps({"train": ids["train"][:3], "val": ids["val"], "key": ids["key"]}))
-    c = P.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
+    c = runfolder.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
     assert len(c.train_y) == 3
 
 
 def test_encoder_splits_other_seed_other_split(synth_data):
     run, _, d = synth_data
-    P.encoder_splits(d, run, DS, shots=2, seed=0, val_fraction=VAL)
-    P.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
+    runfolder.encoder_splits(d, run, DS, shots=2, seed=0, val_fraction=VAL)
+    runfolder.encoder_splits(d, run, DS, shots=2, seed=1, val_fraction=VAL)
     assert _split_ids(run, 2, 0) != _split_ids(run, 2, 1)
 
 
 def test_saved_split_leaking_into_test_is_refused(synth_data):
     run, _, d = synth_data
-    P.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=VAL)
-    path = P.split_path(run, DS, 0, 0)
+    runfolder.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=VAL)
+    path = runfolder.split_path(run, DS, 0, 0)
     saved = json.loads(path.read_text())
     path.write_text(json.dumps({**saved, "train": saved["train"] + ["test/000001"]}))  # same key, leaked id
     with pytest.raises(ValueError, match="'train' and 'test'"):
-        P.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=VAL)
+        runfolder.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=VAL)
 
 
 def test_encoder_splits_val_fraction_change_not_stale(synth_data):
     run, _, d = synth_data
-    a = P.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=0.25)
-    b = P.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=0.5)
+    a = runfolder.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=0.25)
+    b = runfolder.encoder_splits(d, run, DS, shots=0, seed=0, val_fraction=0.5)
     assert len(a.val_y) == 10
     assert len(b.val_y) == 20
 
 
 def test_encoder_splits_pool_change_not_stale(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
-    P.encoder_splits(P.load_encoder_data(run, DS, "coca"), run, DS, shots=2, seed=0, val_fraction=VAL)
-    P.write_synthetic(run, cache, DS, "coca", {**SPEC, "n_train_per_class": 12}, noise=0.6)
-    s = P.encoder_splits(P.load_encoder_data(run, DS, "coca"), run, DS, shots=2, seed=0, val_fraction=VAL)
+    ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
+    runfolder.encoder_splits(runfolder.load_encoder_data(run, DS, "coca"), run, DS, shots=2, seed=0, val_fraction=VAL)
+    ingest.write_synthetic(run, cache, DS, "coca", {**SPEC, "n_train_per_class": 12}, noise=0.6)
+    s = runfolder.encoder_splits(runfolder.load_encoder_data(run, DS, "coca"), run, DS, shots=2, seed=0, val_fraction=VAL)
     assert Counter(s.train_y.tolist()) == {c: 2 for c in range(5)}
 
 
@@ -238,8 +243,8 @@ def test_byo_round_trip(tmp_path):
     arrays = byo_arrays()
     npz = save_npz(tmp_path / "mine.npz", arrays)
     run, cache = tmp_path / "run", tmp_path / "cache"
-    P.write_byo(run, cache, "birds", "coca", npz)
-    d = P.load_encoder_data(run, "birds", "coca")
+    ingest.write_byo(run, cache, "birds", "coca", npz)
+    d = runfolder.load_encoder_data(run, "birds", "coca")
     assert {k: tuple(s.embeddings.shape) for k, s in d.sets.items()} == {"train": (18, 8), "test": (9, 8), "ood": (9, 8)}
     train_mask = arrays["split"] == "train"
     assert torch.allclose(d.sets["train"].embeddings, torch.from_numpy(arrays["embeddings"][train_mask]))
@@ -251,7 +256,7 @@ def test_byo_round_trip(tmp_path):
     assert torch.allclose(d.extra_text["painting"], torch.from_numpy(arrays["target_text"]))
     assert d.index["class_names"] == ["bird 0", "bird 1", "bird 2"]
     assert d.index["info"]["source"] == "byo"
-    s = P.encoder_splits(d, run, "birds", shots=2, seed=0, val_fraction=0.3)
+    s = runfolder.encoder_splits(d, run, "birds", shots=2, seed=0, val_fraction=0.3)
     assert Counter(s.train_y.tolist()) == {0: 2, 1: 2, 2: 2}
     assert set(s.evals) == {"in_domain", "out_of_domain"}
 
@@ -260,8 +265,8 @@ def test_byo_without_domain_text_or_ood(tmp_path):
     arrays = byo_arrays(n_per=(4, 2, 0), with_text=False)
     arrays["ids"] = np.array([f"img{i}" for i in range(len(arrays["labels"]))])
     npz = save_npz(tmp_path / "mine.npz", arrays)
-    P.write_byo(tmp_path / "run", tmp_path / "cache", "b", "clip", npz)
-    d = P.load_encoder_data(tmp_path / "run", "b", "clip")
+    ingest.write_byo(tmp_path / "run", tmp_path / "cache", "b", "clip", npz)
+    d = runfolder.load_encoder_data(tmp_path / "run", "b", "clip")
     assert set(d.sets) == {"train", "test"}
     assert d.extra_text == {}
     assert d.sets["train"].ids == [f"img{i}" for i in range(12)]
@@ -270,7 +275,7 @@ def test_byo_without_domain_text_or_ood(tmp_path):
 
 def test_read_byo_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        P.read_byo(tmp_path / "absent.npz")
+        ingest.read_byo(tmp_path / "absent.npz")
 
 
 def test_read_byo_missing_arrays_and_bad_dims_in_one_message(tmp_path):
@@ -279,7 +284,7 @@ def test_read_byo_missing_arrays_and_bad_dims_in_one_message(tmp_path):
     arrays["class_text"] = arrays["class_text"][0]  # 1-D
     npz = save_npz(tmp_path / "bad.npz", arrays)
     with pytest.raises(ValueError) as err:
-        P.read_byo(npz)
+        ingest.read_byo(npz)
     msg = str(err.value)
     assert "missing array 'labels'" in msg
     assert "'class_text' must be 2-D" in msg
@@ -294,7 +299,7 @@ def test_read_byo_consistency_problems_in_one_message(tmp_path):
     arrays["target_text"] = arrays["target_text"][:2]
     npz = save_npz(tmp_path / "bad.npz", arrays)
     with pytest.raises(ValueError) as err:
-        P.read_byo(npz)
+        ingest.read_byo(npz)
     msg = str(err.value)
     assert "class_text must be (num classes, d) = (3, 8)" in msg
     assert "labels must lie in [0, 3)" in msg
@@ -308,11 +313,11 @@ def test_read_byo_wrong_lengths_and_missing_train(tmp_path):
     arrays["split"] = np.array(["test"] * len(arrays["labels"]))
     npz = save_npz(tmp_path / "bad.npz", arrays)
     with pytest.raises(ValueError, match="train required"):
-        P.read_byo(npz)
+        ingest.read_byo(npz)
     arrays = byo_arrays()
     arrays["labels"] = arrays["labels"][:-1]
     with pytest.raises(ValueError, match="one entry per embedding"):
-        P.read_byo(save_npz(tmp_path / "bad2.npz", arrays))
+        ingest.read_byo(save_npz(tmp_path / "bad2.npz", arrays))
 
 
 def test_read_byo_refuses_pickled_object_arrays(tmp_path):
@@ -320,23 +325,33 @@ def test_read_byo_refuses_pickled_object_arrays(tmp_path):
     arrays["class_names"] = np.array(["a", "b", "c"], dtype=object)  # np.savez pickles object arrays
     npz = save_npz(tmp_path / "pickled.npz", arrays)
     with pytest.raises(ValueError, match="allow_pickle"):
-        P.read_byo(npz)
+        ingest.read_byo(npz)
     with pytest.raises(ValueError, match="allow_pickle"):
-        P.write_byo(tmp_path / "run", tmp_path / "cache", "b", "coca", npz)
-    assert not P.index_path(tmp_path / "run", "b", "coca").exists()
+        ingest.write_byo(tmp_path / "run", tmp_path / "cache", "b", "coca", npz)
+    assert not runfolder.index_path(tmp_path / "run", "b", "coca").exists()
 
 
 # ---------------------------------------------------------------- the run steps, end to end
 SHOTS, SEEDS = [0, 2], [0, 1]
 ENCODERS = ["clip", "coca"]
-RUN_KW = {"encoders": ENCODERS, "shots": SHOTS, "seeds": SEEDS, **COMMON}
+
+
+def params(run, figs=None, **over):
+    """The run's typed parameters: the small synthetic world, 2 epochs everywhere, LADS on clip only."""
+    base = {"dataset": DS, "run_dir": str(run), "figures_root": str(figs or run / "figures"), "device": "cpu",
+            "progress": False, "val_fraction": VAL, "shots": SHOTS, "seeds": SEEDS, "lads_encoders": ["clip"],
+            "encoders": {"clip": {"noise": 0.8}, "coca": {"noise": 0.6}}, "box": {"epochs": 2},
+            "probe": {"epochs": 2}, "lads": {"epochs": 2}, "table1_dataset": DS, "fewshot_dataset": DS,
+            "compare_paper": True, "title_note": "SYNTHETIC", "profile": "test", "protocol": "fixed"}
+    return build(deep_merge(base, over))
 
 
 def _run_all(run, cache):
     write_both(run, cache)
-    boxes = P.train_all_boxes(run, DS, box={"epochs": 2}, **RUN_KW)
-    lare = P.probe_all_lare(run, DS, sampling={}, probe={"epochs": 2}, **RUN_KW)
-    base = P.run_baselines(run, DS, lads_encoders=["clip"], probe={"epochs": 2}, lads={"epochs": 2}, **RUN_KW)
+    p = params(run)
+    boxes = experiment.train_boxes(p)
+    lare = experiment.run_methods(p, ["lare"])
+    base = experiment.run_methods(p, experiment.baseline_methods())
     return boxes, lare, base
 
 
@@ -345,12 +360,13 @@ def e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     run, cache, figs = root / "run", root / "cache", root / "figures"
     boxes, lare, base = _run_all(run, cache)
-    table = P.make_table1(run, figures=figs, dataset=DS, compare_paper=True, note="SYNTHETIC")
-    fig_paths, fig = P.make_figure3(run, figures=figs, dataset=DS, note="SYNTHETIC")
+    p = params(run, figs)
+    table = experiment.make_table1(p)
+    fig_paths, fig = experiment.make_figure3(p)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return {"run": run, "cache": cache, "figs": figs, "boxes": boxes, "lare": lare, "base": base,
+    return {"run": run, "cache": cache, "figs": figs / "test", "boxes": boxes, "lare": lare, "base": base,
             "table": table, "figure": fig_paths}
 
 
@@ -360,7 +376,7 @@ def test_e2e_boxes(e2e):
     for enc in ENCODERS:
         for k in SHOTS:
             for s in SEEDS:
-                path = P.box_path(e2e["run"], DS, enc, k, s)
+                path = runfolder.box_path(e2e["run"], DS, enc, k, s)
                 assert path in boxes and path.is_file()
                 meta = json.loads(path.with_suffix(".json").read_text())
                 assert (meta["encoder"], meta["shots"], meta["seed"], meta["val_fraction"]) == (enc, k, s, VAL)
@@ -372,13 +388,13 @@ def test_e2e_result_rows(e2e):
     assert list(lare.columns) == ["method", "encoder", "domain", "shots", "seed", "top1", "balanced_acc"]
     assert len(lare) == 2 * 2 * 2 * 2  # encoders x shots x seeds x domains
     assert set(lare["method"]) == {"lare"}
-    assert Counter(base["method"]) == {"zero-shot": 16, "linear-probe": 16, "lads": 4}
+    assert Counter(base["method"]) == {"zero-shot": 16, "linear-probe": 16, "lads": 4, "linear-probe-lbfgs": 16}
     assert set(base[base["method"] == "lads"]["encoder"]) == {"clip"}
     assert set(base[base["method"] == "lads"]["shots"]) == {0}
     allm = pd.concat([lare, base])
     assert allm["top1"].between(0, 100).all() and allm["balanced_acc"].between(0, 100).all()
     rows = [json.loads(line) for line in (e2e["run"] / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 52
+    assert len(rows) == 68
     assert all(r["dataset"] == DS and r["config_hash"] and r["git_commit"] for r in rows)
     lare_rows = [r for r in rows if r["method"] == "lare"]
     assert all(r["params"]["probe"]["epochs"] == 2 and "seed" not in r["params"]["probe"] for r in lare_rows)
@@ -425,59 +441,63 @@ def test_e2e_rerun_adds_nothing_and_reuses_boxes(e2e):
     results = run / "results.jsonl"
     before = results.read_bytes()
     mtimes = {p: stamp(p) for p in e2e["boxes"]}
-    again = P.train_all_boxes(run, DS, box={"epochs": 2}, **RUN_KW)
+    again = experiment.train_boxes(params(run))
     assert again == e2e["boxes"]
     assert {p: stamp(p) for p in again} == mtimes
-    lare = P.probe_all_lare(run, DS, sampling={}, probe={"epochs": 2}, **RUN_KW)
+    lare = experiment.run_methods(params(run), ["lare"])
     assert isinstance(lare, pd.DataFrame) and lare.empty
-    base = P.run_baselines(run, DS, lads_encoders=["clip"], probe={"epochs": 2}, lads={"epochs": 2}, **RUN_KW)
+    base = experiment.run_methods(params(run), experiment.baseline_methods())
     assert base.empty
     assert results.read_bytes() == before
 
 
 def test_e2e_missing_box_names_notebook_02(e2e):
     with pytest.raises(FileNotFoundError, match="02_train_boxes"):
-        P.probe_all_lare(e2e["run"], DS, encoders=["coca"], shots=[0], seeds=[9], sampling={}, probe={"epochs": 2},
-                         **COMMON)
+        experiment.run_methods(params(e2e["run"], seeds=[9], shots=[0]), ["lare"])
+
+
+def test_e2e_box_trained_with_other_settings_names_notebook_02(e2e):
+    with pytest.raises(ValueError, match="02_train_boxes"):
+        experiment.run_methods(params(e2e["run"], seeds=[0], shots=[0], box={"alpha": 0.3}), ["lare"])
 
 
 def test_bad_settings_rejected_before_work(tmp_path):
-    with pytest.raises(ValueError, match="epochs"):
-        P.train_all_boxes(tmp_path, DS, box={"epochs": 0}, **RUN_KW)
-    with pytest.raises(TypeError):
-        P.train_all_boxes(tmp_path, DS, box={"epoch": 2}, **RUN_KW)
-    with pytest.raises(ValueError, match="samples per item"):
-        P.probe_all_lare(tmp_path, DS, sampling={"k": 0}, probe={"epochs": 2}, **RUN_KW)
+    with pytest.raises(ParameterError, match="epochs"):
+        params(tmp_path, box={"epochs": 0})
+    with pytest.raises(ParameterError, match=r"box.epoch .*did you mean epochs"):
+        params(tmp_path, box={"epoch": 2})
+    with pytest.raises(ParameterError, match="samples per item"):
+        params(tmp_path, sampling={"k": 0})
     assert not any(tmp_path.iterdir())
 
 
 def test_make_figure3_without_results_csv_names_notebook_05(tmp_path):
     with pytest.raises(FileNotFoundError, match="05_table1"):
-        P.make_figure3(tmp_path, figures=tmp_path / "f", dataset=DS, note="")
+        experiment.make_figure3(params(tmp_path))
 
 
 def test_make_table1_without_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="03 and 04"):
-        P.make_table1(tmp_path, figures=tmp_path / "f", dataset=DS, compare_paper=False, note="")
+        experiment.make_table1(params(tmp_path))
 
 
 def test_box_config_change_retrains(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
-    kw = {"encoders": ["coca"], "shots": [0], "seeds": [0], **COMMON}
-    (path,) = P.train_all_boxes(run, DS, box={"epochs": 2}, **kw)
+    ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
+    kw = {"encoders": {"clip": None}, "lads_encoders": [], "shots": [0], "seeds": [0]}  # coca only
+    (path,) = experiment.train_boxes(params(run, **kw))
     mtime = stamp(path)
-    P.train_all_boxes(run, DS, box={"epochs": 3}, **kw)
+    experiment.train_boxes(params(run, box={"epochs": 3}, **kw))
     assert stamp(path) != mtime
     assert json.loads(path.with_suffix(".json").read_text())["config"]["epochs"] == 3
 
 
 def test_box_reuse_not_stale_after_embeddings_change(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
-    kw = {"encoders": ["coca"], "shots": [0], "seeds": [0], "box": {"epochs": 2}, **COMMON}
-    (path,) = P.train_all_boxes(run, DS, **kw)
+    ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.6)
+    kw = {"encoders": {"clip": None}, "lads_encoders": [], "shots": [0], "seeds": [0]}  # coca only
+    (path,) = experiment.train_boxes(params(run, **kw))
     mtime = stamp(path)
-    P.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.3)  # other embeddings under the same name
-    P.train_all_boxes(run, DS, **kw)
+    ingest.write_synthetic(run, cache, DS, "coca", SPEC, noise=0.3)  # other embeddings under the same name
+    experiment.train_boxes(params(run, **kw))
     assert stamp(path) != mtime

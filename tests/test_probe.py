@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lare.box import BoxSampler
 from lare.probe import (
-    BoxSampler,
     FixedAugment,
     ProbeConfig,
     metrics,
@@ -81,7 +81,7 @@ def test_probe_config_rejects_bad_values(kwargs):
 
 
 # ---------------------------------------------------------------- train_probe
-FAST = ProbeConfig(epochs=60, batch_size=0, lr=5e-2, weight_decay=0.0)
+FAST = ProbeConfig(epochs=60, batch_size=0, lr=5e-2, weight_decay=0.0, min_steps=0)
 
 
 def test_train_probe_learns_separable_data():
@@ -211,7 +211,7 @@ def test_train_probe_with_box_sampler():
     x, y = blobs(20)
     vx, vy = blobs(10, seed=1)
     lower, upper = x - 0.2, x + 0.2
-    cfg = ProbeConfig(epochs=20, batch_size=32, lr=5e-2, weight_decay=0.0)
+    cfg = ProbeConfig(epochs=20, batch_size=32, lr=5e-2, weight_decay=0.0, min_steps=0)
     state = torch.get_rng_state()
     a = fit(x, y, 3, cfg, val_x=vx, val_y=vy, augment=BoxSampler(lower, upper, y, k=2, renormalize=False))
     assert torch.equal(torch.get_rng_state(), state)

@@ -11,7 +11,8 @@ def test_readme_demo_table_is_the_committed_one():
     shown = re.search(r"<!-- demo-table1:start -->\n(.*?)<!-- demo-table1:end -->", readme, re.S).group(1)
     assert shown.strip() == (ROOT / "figures" / "demo" / "table1.md").read_text().strip()
     assert "SYNTHETIC" in shown
-    assert (ROOT / "figures" / "demo" / "figure3.png").is_file() and "figures/demo/figure3.png" in readme
+    for fig in ("figure3.png", "sensitivity.png"):
+        assert (ROOT / "figures" / "demo" / fig).is_file() and f"figures/demo/{fig}" in readme
 
 
 def test_readme_quick_start_commands_exist():

@@ -25,26 +25,25 @@ from fake_datasets import make_fake_cub_archive, make_fake_paintings
 from PIL import Image
 
 import lare.cache as C
-from lare import pipeline as P
-from lare import preflight
+import lare.extraction as X
+from lare import experiment, ingest, preflight
 from lare.cache import (
     CacheCorruptError,
     CacheMismatchError,
     CacheWriteError,
     entry_dir,
-    extract_embeddings,
     is_complete,
     load_embeddings,
     make_manifest,
 )
 from lare.datasets import ImageDecodeError, Item
-from lare.pipeline import ParameterError
+from lare.extraction import extract_embeddings
+from lare.params import ParameterError, build, load_params, overrides_from
 from lare.results import aggregate, append_rows, make_rows, read_rows
 from lare.sources import CUB
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["a", "b", "c"]
-DEMO_FILE = ROOT / "params" / "demo" / "synthetic_domains.yaml"
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
@@ -188,11 +187,10 @@ def test_image_folder_splits_with_different_class_lists_are_refused(tmp_path):
             (data / "mine" / split / c).mkdir(parents=True)
             Image.new("RGB", (16, 16), (200, 30, 30)).save(data / "mine" / split / c / "x.jpg")
     with pytest.raises(ValueError, match="has other classes than") as err:
-        P.extract("clip", {"model": "lare-tiny-clip", "pretrained": "none"}, run_dir=tmp_path / "run",
-                  cache_dir=tmp_path / "cache", data_root=data, dataset="mine", source="images", with_domains=True,
-                  synthetic={}, byo={}, templates=["a photo of a {}."],
-                  domain_templates={"photo": ["a photo of a {}."], "painting": ["a painting of a {}."]},
-                  precision="fp32", batch_size=4, device="cpu", progress=False)
+        ingest.extract(build({"encoders": {"clip": {"model": "lare-tiny-clip", "pretrained": "none"}},
+                              "run_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
+                              "data_root": str(data), "dataset": "mine", "source": "images", "batch_size": 4,
+                              "device": "cpu", "progress": False}), "clip")
     assert str(data / "mine" / "ood") in str(err.value)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists(), "refused before any embedding"
 
@@ -286,7 +284,7 @@ def test_loaded_embeddings_do_not_change_when_the_file_is_damaged_later(tiny_cli
 KILLED_EXTRACTION = """\
 import json, sys, time
 
-from lare.cache import extract_embeddings
+from lare.extraction import extract_embeddings
 from lare.datasets import Item
 from lare.encoders import load_encoder
 
@@ -367,7 +365,8 @@ def test_full_or_read_only_cache_folder_gives_a_clear_error_and_nothing_half_wri
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(C, "save_file", disk_full)
+    monkeypatch.setattr(C, "save_file", disk_full)  # the final file
+    monkeypatch.setattr(X, "save_file", disk_full)  # the chunks
     with pytest.raises(CacheWriteError) as err:
         _extract(tiny_clip, fake_images, cache)
     monkeypatch.undo()
@@ -452,22 +451,27 @@ SPEC = {"num_classes": 4, "dim": 16, "n_train_per_class": 8, "n_test_per_class":
 
 def test_shots_beyond_the_smallest_class_rejected_before_any_training(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    P.write_synthetic(run, cache, "synth", "coca", SPEC, noise=0.6)
-    kw = {"encoders": ["coca"], "seeds": [0], "val_fraction": 0.25, "device": "cpu", "progress": False}
+    ingest.write_synthetic(run, cache, "synth", "coca", SPEC, noise=0.6)
+
+    def params(shots):
+        return build({"encoders": {"coca": {"noise": 0.6}}, "dataset": "synth", "run_dir": str(run), "seeds": [0],
+                      "shots": shots, "val_fraction": 0.25, "device": "cpu", "progress": False,
+                      "box": {"epochs": 1}, "probe": {"epochs": 1}, "lads": {"epochs": 1}})
+
     with pytest.raises(ParameterError) as err:  # 8 per class, 2 to validation: at most 6 shots
-        P.train_all_boxes(run, "synth", shots=[0, 2, 7], box={"epochs": 1}, **kw)
+        experiment.train_boxes(params([0, 2, 7]))
     msg = str(err.value)
     assert "shots [7]" in msg and "smallest class" in msg and "use shots <= 6" in msg
     with pytest.raises(ParameterError, match="smallest class"):
-        P.run_baselines(run, "synth", lads_encoders=[], shots=[7], probe={"epochs": 1}, lads={"epochs": 1}, **kw)
+        experiment.run_methods(params([7]), experiment.baseline_methods())
     assert not (run / "boxes").exists() and not (run / "splits").exists() and not (run / "results.jsonl").exists()
-    P.check_shots(P.load_encoder_data(run, "synth", "coca"), [0, 6], 0.25)  # the largest possible k is fine
+    experiment._check_shots(params([0, 6]), ["coca"])  # the largest possible k is fine
 
 
 def test_preflight_rejects_shots_beyond_the_smallest_class(tmp_path):
     # demo: 30 training items per class, 20 % to validation: at most 24 shots
     extra = [("-f", _yaml_file(tmp_path / "shots.yaml", {"shots": [100, 0]}))]
-    problems = preflight.check(preflight.merged_parameters(DEMO_FILE, extra))
+    problems = preflight.check(load_params("demo", "synthetic_domains", overrides_from(extra)))
     assert any("shots" in p for p in problems), problems
 
 
@@ -475,9 +479,8 @@ def test_preflight_rejects_shots_beyond_the_smallest_class(tmp_path):
                                               ("title_note", "x: y: z", "x: y: z"), ("epochs_note", "7", 7)],
                          ids=["list", "dict", "not-yaml-stays-a-string", "int"])
 def test_preflight_reads_p_values_as_yaml_like_run_all(name, raw, value):
-    """run_all.sh hands -p values to papermill as a YAML file; the preflight reads them the same way."""
-    merged = preflight.merged_parameters(DEMO_FILE, [("-p", name, raw)])
-    assert merged[name] == value
+    """-p values are read as YAML, by the preflight and the orchestrator alike (one parser)."""
+    assert overrides_from([("-p", name, raw)])[name] == value
 
 
 # ================================================================ 4. results
@@ -552,7 +555,8 @@ def demo_twice(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_twice")
     overrides = _yaml_file(root / "overrides.yaml", {"lads": {"epochs": 2}, "progress": False})
     options = {name: ["--profile", "demo", "-f", overrides, "-p", "seeds", "[0, 1]", "-p", "shots", "[1, 0]",
-                      "-p", "box", "{epochs: 2}", "-p", "probe", '{"epochs": 2}', "-p", "run_dir", str(root / name),
+                      "-p", "box", "{epochs: 2}", "-p", "probe", '{"epochs": 2}', "-p", "search.max_epochs", "2",
+                      "-p", "search.trials", "2", "-p", "run_dir", str(root / name),
                       "-p", "cache_dir", str(root / f"cache_{name}"), "-p", "figures_root", str(root / f"f{name}")]
                for name in ("a", "b")}
     procs = {name: subprocess.Popen(["bash", str(ROOT / "run_all.sh"), *opts], cwd=ROOT, env=_env(),
@@ -601,7 +605,7 @@ def test_failing_real_notebook_names_the_notebook_the_cell_and_the_error_and_kee
     assert "05_table1 " in proc.stdout and "FAILED" in proc.stdout and "06_figure3" not in proc.stdout
     for needle in ("notebook 05_table1 failed", f"executed copy (kept): {kept}",
                    "ValueError: results disagree in configuration within 1 cell(s)", "remove the stale rows",
-                   "in cell", "lp.make_table1(", "traceback (last lines):"):
+                   "in cell", "make_table1(P)", "traceback (last lines):"):
         assert needle in proc.stderr, f"{needle!r} not in:\n{proc.stderr[-3000:]}"
     assert kept.is_file()
     errors = [o for c in json.loads(kept.read_text())["cells"] for o in c.get("outputs", [])

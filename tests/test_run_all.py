@@ -1,7 +1,9 @@
-"""run_all.sh on a fake project of six tiny notebooks: order, forwarding, skipping, failures."""
+"""The orchestrator (lare.run, what ./run_all.sh calls) on a fake project of six tiny notebooks:
+order, parameter forwarding, skipping by hash, failures reported from papermill's exception."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,64 +13,54 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from lare import run as R
+
 ROOT = Path(__file__).resolve().parents[1]
-PER_DATASET = ["01_extract_embeddings", "02_train_boxes", "03_probe_lare", "04_baselines"]
-PER_PROFILE = ["05_table1", "06_figure3"]
+PER_DATASET = list(R.PER_DATASET)
+PER_PROFILE = list(R.PER_PROFILE)
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-
+# Each fake notebook logs the parameters it was given (as the real ones load them) to the run folder.
 BODY = """\
 import pathlib
-if value == 13 and NB_NAME == "02_train_boxes":
+from lare.params import build, deep_merge, merged_values
+P = build(merged_values(profile, dataset, overrides, root=pathlib.Path.cwd()))
+if P.title_note == "boom" and NB_NAME == "02_train_boxes":
     raise ValueError("boom")
-run = pathlib.Path(run_dir)
+run = pathlib.Path(P.run_dir)
 run.mkdir(parents=True, exist_ok=True)
 with open(run / "log.txt", "a") as f:
-    f.write(f"{NB_NAME},{dataset},{value},{label},{note}\\n")
-if NB_NAME in ("05_table1", "06_figure3"):
-    out = pathlib.Path("figures") / profile
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NB_NAME}.txt").write_text("ok")
-else:
-    (run / f"{NB_NAME}__{dataset}.out").write_text("ok")
+    f.write(f"{NB_NAME},{P.dataset},{P.seeds},{P.probe.lr},{P.probe.epochs},{P.title_note}\\n")
 """
 
 
 def make_notebook(path: Path, name: str) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('profile = ""\nrun_dir = ""\ndataset = ""\nvalue = 0\nlabel = ""\nnote = ""')
+    params = nbformat.v4.new_code_cell('profile = ""\ndataset = ""\noverrides = {}')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(f"# {name}"),
-        params,
-        nbformat.v4.new_code_cell(f"NB_NAME = {name!r}"),
-        nbformat.v4.new_code_cell(BODY),
-    ]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params, nbformat.v4.new_code_cell(f"NB_NAME = {name!r}"),
+                nbformat.v4.new_code_cell(BODY)]
     nbformat.write(nb, path)
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    shutil.copy(ROOT / "run_all.sh", tmp_path / "run_all.sh")
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "env.sh", tmp_path / "scripts" / "env.sh")
     for profile, names in {"smoke": ["a", "b"], "tiny": ["a"]}.items():
         (tmp_path / "params" / profile).mkdir(parents=True)
         for ds in names:
-            (tmp_path / "params" / profile / f"{ds}.yaml").write_text(f"dataset: {ds}\nvalue: 1\nnote: profile\n")
+            (tmp_path / "params" / profile / f"{ds}.yaml").write_text(
+                f"encoders: {{coca: {{noise: 0.6}}}}\nrun_dir: {tmp_path / 'runs' / profile}\n"
+                f"figures_root: {tmp_path / 'figures'}\ntable1_dataset: a\nfewshot_dataset: a\ntitle_note: profile\n")
     (tmp_path / "notebooks").mkdir()
     for name in PER_DATASET + PER_PROFILE:
         make_notebook(tmp_path / "notebooks" / f"{name}.ipynb", name)
     return tmp_path
 
 
-def run_all(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["LARE_NO_SETUP"] = "1"
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-    return subprocess.run(["bash", "run_all.sh", *args], cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False)
+def run_all(project: Path, *args: str, capsys) -> tuple[int, str, str]:
+    code = R.main(list(args), root=project)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def log_lines(project: Path, profile: str = "smoke") -> list[str]:
@@ -76,91 +68,122 @@ def log_lines(project: Path, profile: str = "smoke") -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def expected(datasets: list[str], value: str, label: str, note: str) -> list[str]:
-    rows = [f"{nb},{ds},{value},{label},{note}" for nb in PER_DATASET for ds in datasets]
-    return rows + [f"{nb},a,{value},{label},{note}" for nb in PER_PROFILE]
+def expected(datasets, seeds, lr, epochs, note) -> list[str]:
+    rows = [f"{nb},{ds},{seeds},{lr},{epochs},{note}" for nb in PER_DATASET for ds in datasets]
+    return rows + [f"{nb},a,{seeds},{lr},{epochs},{note}" for nb in PER_PROFILE]
 
 
-def test_runs_forwards_skips_and_invalidates(project: Path) -> None:
-    (project / "extra.yaml").write_text("note: from file\nvalue: 3\n")
-    opts = ["--profile", "smoke", "-f", "extra.yaml", "-p", "value", "7", "-p", "label", "hello world"]
+def test_runs_forwards_skips_and_invalidates(project: Path, capsys) -> None:
+    (project / "extra.yaml").write_text("title_note: from file\nseeds: [3]\nprobe: {epochs: 7}\n")
+    opts = ["--profile", "smoke", "-f", str(project / "extra.yaml"), "-p", "seeds", "[1, 2]", "-p", "probe.lr", "0.01"]
 
-    # First run: every step, stage by stage, with the overrides (-p beats both files, -f beats the profile's).
-    res = run_all(project, *opts)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert log_lines(project) == expected(["a", "b"], "7", "hello world", "from file")
-    assert res.stdout.count("done in") == 10
-    assert "[ 3/10] 02_train_boxes (a) " in res.stdout
-    assert "figures/smoke/" in res.stdout
+    # First run: every step, stage by stage; -p beats -f, -f beats the profile; nested values deep-merge.
+    code, out, err = run_all(project, *opts, capsys=capsys)
+    assert code == 0, out + err
+    assert log_lines(project) == expected(["a", "b"], "[1, 2]", 0.01, 7, "from file")
+    assert out.count("done in") == 11
+    assert "[ 3/11] 02_train_boxes (a) " in out
+    assert str(project / "figures" / "smoke") in out
     nbs = project / "runs" / "smoke" / "notebooks"
     assert sorted(p.name for p in nbs.iterdir()) == sorted(
-        [f"{nb}__{ds}.ipynb" for nb in PER_DATASET for ds in "ab"] + [f"{nb}.ipynb" for nb in PER_PROFILE]
-    )
-    assert len(list((project / "runs" / "smoke" / "stamps").glob("*.json"))) == 10
-    assert (project / "figures" / "smoke" / "06_figure3.txt").exists()
+        [f"{nb}__{ds}.ipynb" for nb in PER_DATASET for ds in "ab"] + [f"{nb}.ipynb" for nb in PER_PROFILE])
+    stamps = sorted((project / "runs" / "smoke" / "stamps").glob("*.json"))
+    assert len(stamps) == 11
+    assert all("time" not in json.loads(s.read_text()) and "finished" not in json.loads(s.read_text()) for s in stamps)
 
     # Second run: nothing to do.
     before = log_lines(project)
-    res = run_all(project, *opts)
-    assert res.returncode == 0, res.stdout + res.stderr
+    code, out, err = run_all(project, *opts, capsys=capsys)
+    assert code == 0, out + err
     assert log_lines(project) == before
-    assert res.stdout.count("skipped (up to date)") == 10
+    assert out.count("skipped (up to date)") == 11
 
     # A change in b's parameters re-runs b's steps and the per-profile steps, not a's.
     with open(project / "params" / "smoke" / "b.yaml", "a") as f:
-        f.write("extra: 1\n")
-    res = run_all(project, *opts)
-    assert res.returncode == 0, res.stdout + res.stderr
-    row = "{},{},7,hello world,from file"
-    assert log_lines(project)[len(before) :] == [row.format(nb, "b") for nb in PER_DATASET] + [row.format(nb, "a") for nb in PER_PROFILE]
-    assert res.stdout.count("skipped (up to date)") == 4
+        f.write("val_fraction: 0.3\n")
+    code, out, err = run_all(project, *opts, capsys=capsys)
+    assert code == 0, out + err
+    row = "{},{},[1, 2],0.01,7,from file"
+    assert log_lines(project)[len(before):] == [row.format(nb, "b") for nb in PER_DATASET] + [row.format(nb, "a") for nb in PER_PROFILE]
+    assert out.count("skipped (up to date)") == 4
 
-    # A missing executed notebook re-runs its step.
+    # A comment in a parameter file changes no parameter: nothing re-runs.
+    with open(project / "params" / "smoke" / "a.yaml", "a") as f:
+        f.write("# a comment\n")
+    code, out, err = run_all(project, *opts, capsys=capsys)
+    assert out.count("skipped (up to date)") == 11
+
+    # A missing executed notebook re-runs its step; a changed notebook re-runs it and what follows.
     (nbs / "06_figure3.ipynb").unlink()
     n = len(log_lines(project))
-    res = run_all(project, *opts)
-    assert res.returncode == 0, res.stdout + res.stderr
+    code, out, err = run_all(project, *opts, capsys=capsys)
+    assert code == 0, out + err
     assert log_lines(project)[n:] == [row.format("06_figure3", "a")]
-    assert res.stdout.count("skipped (up to date)") == 9
+    assert out.count("skipped (up to date)") == 10
+    make_notebook(project / "notebooks" / "04_baselines.ipynb", "04_baselines")
+    nb = nbformat.read(project / "notebooks" / "04_baselines.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1"))
+    nbformat.write(nb, project / "notebooks" / "04_baselines.ipynb")
+    code, out, err = run_all(project, *opts, capsys=capsys)
+    assert out.count("skipped (up to date)") == 6  # 01-03 of both datasets
 
 
-def test_failure_stops_with_the_error(project: Path) -> None:
-    res = run_all(project, "--profile", "tiny", "-p", "value", "13")
-    assert res.returncode != 0
-    out = res.stdout + res.stderr
+def test_failure_stops_with_the_error(project: Path, capsys) -> None:
+    code, out, err = run_all(project, "--profile", "tiny", "-p", "title_note", "boom", capsys=capsys)
+    assert code == 1
     kept = project / "runs" / "tiny" / "notebooks" / "02_train_boxes__a.ipynb"
-    assert "02_train_boxes" in out and "dataset a" in out
-    assert "ValueError" in out and "boom" in out
-    assert 'raise ValueError("boom")' in out  # the failing cell's source
-    assert str(kept.relative_to(project)) in out
-    assert kept.exists()
-    assert log_lines(project, "tiny") == ["01_extract_embeddings,a,13,,profile"]  # 01 ran, 02 stopped the run
+    assert "02_train_boxes" in err and "dataset a" in err
+    assert "ValueError" in err and "boom" in err
+    assert 'raise ValueError("boom")' in err  # the failing cell's source
+    assert "traceback (last lines)" in err
+    assert str(kept) in err and kept.exists()
+    assert log_lines(project, "tiny") == ["01_extract_embeddings,a,[0, 1, 2, 3, 4],0.001,50,boom"]
     stamps = project / "runs" / "tiny" / "stamps"
     assert (stamps / "01_extract_embeddings__a.json").exists()
     assert not (stamps / "02_train_boxes__a.json").exists()
-    assert "03_probe_lare" not in res.stdout
+    assert "03_probe_lare" not in out
 
     # --force runs the finished (and stamped) step 01 again.
-    res = run_all(project, "--profile", "tiny", "-p", "value", "13", "--force")
-    assert res.returncode != 0
-    assert "skipped" not in res.stdout
-    assert log_lines(project, "tiny") == ["01_extract_embeddings,a,13,,profile"] * 2
+    code, out, err = run_all(project, "--profile", "tiny", "-p", "title_note", "boom", "--force", capsys=capsys)
+    assert code == 1
+    assert "skipped" not in out
+    assert log_lines(project, "tiny") == ["01_extract_embeddings,a,[0, 1, 2, 3, 4],0.001,50,boom"] * 2
 
 
-def test_unknown_profile_and_options(project: Path) -> None:
-    res = run_all(project, "--profile", "nope")
-    assert res.returncode != 0
-    assert "nope" in res.stderr and "smoke" in res.stderr and "tiny" in res.stderr
+def test_bad_parameters_stop_before_any_notebook(project: Path, capsys) -> None:
+    code, out, err = run_all(project, "--profile", "smoke", "-p", "probe.lrr", "0.1", "-p", "seeds", "3", capsys=capsys)
+    assert code == 1
+    assert "probe.lrr (did you mean lr?)" in err and "'seeds' must be a list" in err
+    assert "[a]" in err and "[b]" in err  # per dataset file
+    assert not (project / "runs" / "smoke" / "notebooks").exists()
 
-    res = run_all(project, "--bogus")
-    assert res.returncode == 2
-    assert "Usage:" in res.stderr
 
-    res = run_all(project, "-p", "value")
-    assert res.returncode == 2
+def test_unknown_profile_and_options(project: Path, capsys) -> None:
+    code, out, err = run_all(project, "--profile", "nope", capsys=capsys)
+    assert code == 1
+    assert "nope" in err and "smoke" in err and "tiny" in err
 
-    res = run_all(project, "-h")
-    assert res.returncode == 0
-    for opt in ("--profile", "-f FILE", "-p NAME VALUE", "--force", "-h"):
-        assert opt in res.stdout
+    with pytest.raises(SystemExit) as exc:
+        R.main(["--bogus"], root=project)
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        R.main(["-p", "value"], root=project)
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        R.main(["-h"], root=project)
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    for opt in ("--profile", "-f FILE", "-p NAME VALUE", "-r NAME VALUE", "--force", "--verbose", "-h"):
+        assert opt in help_text
     assert not (project / "runs").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_run_all_sh_is_a_thin_wrapper() -> None:
+    text = (ROOT / "run_all.sh").read_text()
+    assert len(text.splitlines()) < 40
+    assert "python -m lare.run" in text and "<<" not in text and "python -c" not in text
+    env = {**os.environ, "LARE_NO_SETUP": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run(["bash", str(ROOT / "run_all.sh"), "-h"], cwd="/", env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0 and "--profile" in res.stdout, res.stderr

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 import torch
 
-from lare.splits import carve_validation, check_disjoint, kshot_subset, load_split, save_split
+from lare.splits import carve_validation, check_disjoint, kshot_subset
 
 # A pool of 5 classes of unequal sizes (7, 5, 4, 2, 1); ids are strings, as in the pipeline.
 SIZES = [7, 5, 4, 2, 1]
@@ -117,31 +116,6 @@ def test_check_disjoint_names_both_splits():
     assert "'b'" in msg
 
 
-def test_save_load_split_round_trip(tmp_path):
-    path = tmp_path / "splits" / "d" / "shots0_seed0.json"
-    save_split(path, train=["b", "a"], val=["c"])
-    assert path.is_file()
-    assert json.loads(path.read_text()) == {"train": ["b", "a"], "val": ["c"]}
-    assert load_split(path) == {"train": ["b", "a"], "val": ["c"]}
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
-
-
-def test_save_split_refuses_overlap_and_writes_nothing(tmp_path):
-    path = tmp_path / "split.json"
-    with pytest.raises(ValueError, match="'train' and 'val'"):
-        save_split(path, train=["a", "b"], val=["b"])
-    assert not path.exists()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_load_split_refuses_overlapping_file(tmp_path):
-    path = tmp_path / "split.json"
-    path.write_text(json.dumps({"train": ["a", "b"], "val": ["b", "c"]}))
-    with pytest.raises(ValueError, match="'train' and 'val'"):
-        load_split(path)
-
-
-# ---------------------------------------------------------------- the global RNG
 def test_draws_do_not_touch_global_torch_rng():
     torch.manual_seed(123)
     before = torch.get_rng_state().clone()

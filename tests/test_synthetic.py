@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lare.probe import ProbeConfig, metrics, train_probe, zero_shot_predict
-from lare.synthetic import SyntheticSpec, make_synthetic, spec_dict
+from lare.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(num_classes=10, dim=32, n_train_per_class=20, n_test_per_class=10, n_ood_per_class=10)
 TENSORS = ("train_x", "train_y", "test_x", "test_y", "ood_x", "ood_y", "class_text", "photo_text", "painting_text")
@@ -89,9 +89,3 @@ def test_linear_probe_beats_chance_and_shift_hurts(data):
     assert test > 3 * 100 / SPEC.num_classes  # chance is 10%
     assert ood > 100 / SPEC.num_classes
     assert test > ood  # the painting domain is shifted
-
-
-def test_spec_dict_round_trip():
-    d = spec_dict(SPEC)
-    assert d["num_classes"] == 10 and d["dim"] == 32
-    assert SyntheticSpec(**d) == SPEC

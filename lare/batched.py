@@ -1,0 +1,208 @@
+"""N trials of f_Box or of the LADS augmenter trained as one batched model (a hyperparameter search).
+
+The trials of one unit share the training data, the seed (so the initialisation and the batch
+order) and the optimiser settings; they differ in the loss weights a search varies: ``alpha`` and
+the class-consistency temperature ``scale`` for f_Box, ``domain_weight`` for LADS. Their two-layer
+networks are stacked into ``(N, ...)`` weight tensors and every step is one batched product, so a
+search of N trials costs about one training run with N-times-wider matrices. The loss is the sum
+of the trials' losses, whose gradients do not mix, and AdamW is element-wise, so trial i takes the
+steps it would take alone (:func:`lare.box.train_box`, :func:`lare.lads.train_lads`), up to the
+rounding of batched products. Each trial keeps its own best validation epoch and stops on its own
+patience; a stopped trial's later epochs are ignored, and the loop ends when all have stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .box import ACTIVATIONS, BoxConfig, BoxNet, BoxTrainResult
+from .lads import LADSAugmenter, LADSConfig, LADSResult, domain_directions, inverse_frequency_weights
+from .losses import corners_of
+from .train import LOSS_REL_TOL, EarlyStop, autocast, batches, check_xy, effective_epochs, make_optimizer, seeded_init
+from .utils import make_generator, resolve_device
+
+
+class StackedMLP(nn.Module):
+    """N two-layer networks ``Linear(d, h) -> act -> Linear(h, out)`` as (N, ...) weight tensors,
+    each initialised like the single network ``factory()`` seeded with ``seed``."""
+
+    def __init__(self, nets: list[nn.Sequential], activation: nn.Module):
+        super().__init__()
+        first, last = [n[0] for n in nets], [n[2] for n in nets]
+        self.w1 = nn.Parameter(torch.stack([m.weight.detach().T for m in first]).contiguous())
+        self.b1 = nn.Parameter(torch.stack([m.bias.detach() for m in first]).unsqueeze(1).contiguous())
+        self.w2 = nn.Parameter(torch.stack([m.weight.detach().T for m in last]).contiguous())
+        self.b2 = nn.Parameter(torch.stack([m.bias.detach() for m in last]).unsqueeze(1).contiguous())
+        self.act = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (b, d) shared by all trials, or (N, b, d); returns (N, b, out)."""
+        if x.dim() == 2:
+            x = x.expand(self.w1.shape[0], *x.shape)
+        return torch.baddbmm(self.b2, self.act(torch.baddbmm(self.b1, x, self.w1)), self.w2)
+
+    def unstack(self, i: int, net: nn.Sequential) -> nn.Sequential:
+        """Trial ``i``'s weights copied into ``net`` (the single network's layout)."""
+        with torch.no_grad():
+            net[0].weight.copy_(self.w1[i].T)
+            net[0].bias.copy_(self.b1[i, 0])
+            net[2].weight.copy_(self.w2[i].T)
+            net[2].bias.copy_(self.b2[i, 0])
+        return net
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    return values.mean(-1) if reduction == "mean" else values.sum(-1)
+
+
+def box_terms(out: torch.Tensor, class_text: torch.Tensor, y: torch.Tensor, *, alpha: torch.Tensor,
+              scale: torch.Tensor, cfg: BoxConfig, eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Eq. (5) per trial: ``out`` (N, b, 2d), ``alpha`` and ``scale`` (N,); every term (N,).
+    The same terms as :func:`lare.losses.lare_loss_terms` for each trial."""
+    lower, upper = corners_of(out, cfg.corners)
+    if cfg.volume == "dot":
+        bv = (upper * lower).sum(-1)
+    elif cfg.volume == "dot_normalized":
+        bv = (F.normalize(upper, dim=-1) * F.normalize(lower, dim=-1)).sum(-1)
+    else:
+        bv = -torch.log(upper - lower + eps).sum(-1)
+    n, b = out.shape[:2]
+
+    def cc(points):
+        logits = scale.view(-1, 1, 1) * points @ class_text.T
+        return F.cross_entropy(logits.reshape(n * b, -1), y.expand(n, b).reshape(-1), reduction="none").view(n, b)
+
+    t = {"bv": _reduce(bv, cfg.reduction), "cc_plus": _reduce(cc(upper), cfg.reduction),
+         "cc_minus": _reduce(cc(lower), cfg.reduction), "cc_center": _reduce(cc((lower + upper) / 2), cfg.reduction)}
+    a = alpha.to(out.dtype)
+    t["total"] = (1 - a) * t["bv"] + a / 3 * (t["cc_plus"] + t["cc_minus"] + t["cc_center"])
+    return t
+
+
+def minimise_trials(model: StackedMLP, terms, x, y, *, val, cfg, n: int) -> tuple[list[dict], list[int], list[str], list]:
+    """AdamW on the sum of the trials' ``terms(x_b, y_b)["total"]`` (N,); per trial the best epoch by
+    validation total, kept until its patience runs out. Returns (best states, best epochs,
+    stopped_by, histories)."""
+    dev = x.device
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, dev)
+    gen = make_generator(cfg.seed, "cpu")
+    epochs = effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps)
+    best = torch.full((n,), float("inf"))
+    best_epoch, stopped, states = [-1] * n, ["budget"] * n, [None] * n
+    history: list[list[dict]] = [[] for _ in range(n)]
+    active, steps = [True] * n, 0
+    early = [EarlyStop(cfg.patience, cfg.min_steps, rel_tol=LOSS_REL_TOL) for _ in range(n)]
+    for epoch in range(epochs):
+        model.train()
+        sums = None
+        for idx in batches(len(x), cfg.batch_size, gen, dev):
+            with autocast(dev, cfg.precision):
+                t = terms(x[idx], y[idx])
+            opt.zero_grad(set_to_none=True)
+            t["total"].sum().backward()
+            opt.step()
+            steps += 1
+            part = {k: v.detach().float() * len(idx) for k, v in t.items()}
+            sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+        model.eval()
+        with torch.no_grad(), autocast(dev, cfg.precision):
+            vt = {k: v.float().cpu() for k, v in terms(*val).items()} if val is not None else None
+        train = {k: (v / len(x)).cpu() for k, v in sums.items()}
+        for i in range(n):
+            if not active[i]:
+                continue
+            row = {"epoch": epoch, **{f"train_{k}": float(v[i]) for k, v in train.items()}}
+            score = -epoch
+            if vt is not None:
+                row.update({f"val_{k}": float(v[i]) for k, v in vt.items()})
+                score = row["val_total"]
+            history[i].append(row)
+            if score < best[i]:
+                best[i], best_epoch[i] = score, epoch
+                states[i] = {k: v.detach()[i].clone() for k, v in model.state_dict().items()}
+            if vt is not None and early[i].update(epoch, score, steps):
+                active[i], stopped[i] = False, "patience"
+        if not any(active):
+            break
+    if any(s is None for s in states):
+        raise FloatingPointError("a trial diverged (every validation loss was NaN or infinite); lower the learning "
+                                 "rate or the logit scale, or check the inputs for non-finite values")
+    return states, best_epoch, stopped, history
+
+
+def _check_shared(configs: list, varying: set[str]) -> None:
+    if not configs:
+        raise ValueError("no trials given")
+    base = {k: v for k, v in dataclasses.asdict(configs[0]).items() if k not in varying}
+    for c in configs[1:]:
+        other = {k: v for k, v in dataclasses.asdict(c).items() if k not in varying}
+        if other != base:
+            diff = sorted(k for k in base if base[k] != other[k])
+            raise ValueError(f"batched trials may differ only in {sorted(varying)}; these differ too: {diff}")
+
+
+def _load_trial(model: StackedMLP, state: dict, i_net: nn.Sequential) -> nn.Sequential:
+    tmp = StackedMLP([i_net], model.act)
+    tmp.load_state_dict({k: v.unsqueeze(0) for k, v in state.items()})
+    return tmp.unstack(0, i_net)
+
+
+def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, val_x=None, val_y=None,
+                     device=None) -> list[BoxTrainResult]:
+    """f_Box for each config (they may differ in ``alpha`` and ``scale`` only), trained together."""
+    _check_shared(configs, {"alpha", "scale"})
+    cfg, dev = configs[0], resolve_device(device)
+    check_xy(train_x, train_y, class_text, "train")
+    x, y, t = train_x.to(dev, torch.float32), train_y.to(dev), class_text.to(dev, torch.float32)
+    val = (val_x.to(dev, torch.float32), val_y.to(dev)) if val_x is not None and len(val_x) else None
+    single = [seeded_init(lambda: BoxNet(x.shape[1], cfg.hidden, cfg.activation, cfg.corners), cfg.seed)
+              for _ in configs]
+    model = StackedMLP([s.net for s in single], ACTIVATIONS[cfg.activation]()).to(dev)
+    alpha = torch.tensor([c.alpha for c in configs], device=dev)
+    scale = torch.tensor([c.scale for c in configs], device=dev)
+    states, best, stopped, hist = minimise_trials(
+        model, lambda bx, by: box_terms(model(bx), t, by, alpha=alpha, scale=scale, cfg=cfg), x, y, val=val,
+        cfg=cfg, n=len(configs))
+    out = []
+    for i, c in enumerate(configs):
+        _load_trial(model, states[i], single[i].net)
+        out.append(BoxTrainResult(single[i].to(dev).eval(), c, best[i], hist[i], stopped[i]))
+    return out
+
+
+def train_lads_trials(train_x, train_y, source_text, target_text, configs: list[LADSConfig], *, val_x=None,
+                      val_y=None, device=None) -> list[LADSResult]:
+    """The LADS augmenter for each config (they may differ in ``domain_weight`` only), trained together."""
+    _check_shared(configs, {"domain_weight"})
+    cfg, dev = configs[0], resolve_device(device)
+    check_xy(train_x, train_y, source_text, "train")
+    x, y = train_x.to(dev, torch.float32), train_y.to(dev)
+    src = source_text.to(dev, torch.float32)
+    dirs = domain_directions(src, target_text.to(dev, torch.float32))
+    weights = inverse_frequency_weights(y, src.shape[0])
+    val = (val_x.to(dev, torch.float32), val_y.to(dev)) if val_x is not None and len(val_x) else None
+    single = [seeded_init(lambda: LADSAugmenter(x.shape[1]), cfg.seed) for _ in configs]
+    model = StackedMLP([s.net for s in single], nn.ReLU()).to(dev)
+    w = torch.tensor([c.domain_weight for c in configs], device=dev)
+    src_n = F.normalize(src, dim=-1)
+
+    def terms(bx, by):
+        aug = model(bx)  # (N, b, d)
+        n, b = aug.shape[:2]
+        dom = (1 - F.cosine_similarity(aug - bx, dirs[by], dim=-1)).mean(-1)
+        logits = (F.normalize(aug, dim=-1) @ src_n.T).reshape(n * b, -1)
+        # LADS's class-weighted cross-entropy (the weighted mean over each trial's batch)
+        ce = F.cross_entropy(logits, by.expand(n, b).reshape(-1), weight=weights, reduction="none").view(n, b)
+        cls = ce.sum(-1) / weights[by].sum()
+        return {"domain": dom, "class": cls, "total": w * dom + (1 - w) * cls}
+
+    states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=cfg, n=len(configs))
+    out = []
+    for i, c in enumerate(configs):
+        _load_trial(model, states[i], single[i].net)
+        out.append(LADSResult(single[i].to(dev).eval(), c, best[i], hist[i], stopped[i]))
+    return out

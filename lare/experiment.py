@@ -1,0 +1,246 @@
+"""The experiment loops: units of work (encoder, shots, seed) x methods of the registry.
+
+- :func:`train_boxes` (notebook 02): LARE's step 1, one f_Box per unit, saved in the run folder;
+  a checkpoint trained with the same settings, embeddings and split is reused.
+- :func:`run_methods` (notebooks 03 and 04): every requested method of :data:`lare.methods.REGISTRY`
+  on every unit it applies to, one result row per evaluation domain; rows already recorded with the
+  same parameters are not computed again.
+- :func:`make_table1`, :func:`make_figure3` (notebooks 05 and 06): aggregation and outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .box import BoxTrainResult, load_box, save_box, train_box
+from .hparams import HPARAMS
+from .methods import REGISTRY, Method, get
+from .params import RunParams
+from .plots import figure3, save_figure, sensitivity
+from .results import (
+    aggregate,
+    append_rows,
+    has_result,
+    make_rows,
+    oracle_rows,
+    read_rows,
+    table1,
+    write_csv,
+    write_table1,
+)
+from .runfolder import (
+    EVAL_DOMAINS,
+    EncoderData,
+    box_path,
+    check_shots,
+    encoder_splits,
+    load_encoder_data,
+    read_index,
+    results_path,
+    split_path,
+)
+from .search import VALIDATION, configs_of, protocol_sections, run_trials, select, trials_of
+from .utils import hash_config
+
+ROW_COLUMNS = ["method", "encoder", "domain", "shots", "seed", "top1", "balanced_acc"]
+
+
+def _strip_seed(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "seed"}
+
+
+def units(p: RunParams, encoders: list[str]) -> list[tuple[str, int, int]]:
+    """(encoder, shots, seed) for every encoder, shot setting and seed of the run."""
+    return [(e, k, s) for e in encoders for k in p.shots for s in p.seeds]
+
+
+def unit_splits(p: RunParams, encoder: str, shots: int, seed: int):
+    """The :class:`lare.methods.EmbeddingSplits` of one unit (its split drawn once and saved)."""
+    data = load_encoder_data(p.run_path, p.dataset, encoder)
+    return encoder_splits(data, p.run_path, p.dataset, shots=shots, seed=seed, val_fraction=p.val_fraction)
+
+
+def _check_shots(p: RunParams, encoders: list[str]) -> None:
+    for enc in encoders:
+        check_shots(load_encoder_data(p.run_path, p.dataset, enc), p.shots, p.val_fraction)
+
+
+# ---------------------------------------------------------------- step 1 of LARE
+def unit_box_config(p: RunParams, seed: int):
+    """The f_Box settings notebook 02 trains with: the run's ``box`` under its protocol (the tuned
+    protocol trains to convergence), with the unit's seed; the search's trial 0."""
+    return dataclasses.replace(protocol_sections({"box": p.box}, p.protocol, p.search)["box"], seed=seed)
+
+
+def box_key(p: RunParams, data: EncoderData, shots: int, seed: int) -> str:
+    """What a saved f_Box must have been trained with to be reused: settings, embeddings, split."""
+    split = json.loads(split_path(p.run_path, p.dataset, shots, seed).read_text())["key"]
+    box = unit_box_config(p, seed)
+    return hash_config({"box": box.to_dict(), "val_fraction": p.val_fraction, "index": data.index, "split": split})
+
+
+def train_boxes(p: RunParams) -> list[Path]:
+    """Notebook 02: one f_Box per (LARE encoder, shots, seed); returns the checkpoint paths."""
+    encoders = p.encoders_for(get("lare").encoders_param)
+    _check_shots(p, encoders)
+    done = []
+    for enc, k, seed in tqdm(units(p, encoders), desc="f_Box runs", disable=not p.progress):
+        s = unit_splits(p, enc, k, seed)
+        path = box_path(p.run_path, p.dataset, enc, k, seed)
+        want = box_key(p, load_encoder_data(p.run_path, p.dataset, enc), k, seed)
+        if path.is_file() and json.loads(path.with_suffix(".json").read_text()).get("config_hash") == want:
+            done.append(path)
+            continue
+        res = train_box(s.train_x, s.train_y, s.class_text, unit_box_config(p, seed), val_x=s.val_x,
+                        val_y=s.val_y, device=p.torch_device, progress=False)
+        save_box(res, path, extra={"config_hash": want, "encoder": enc, "shots": k, "seed": seed,
+                                   "val_fraction": p.val_fraction})
+        done.append(path)
+    return done
+
+
+def trained_boxes(p: RunParams, encoder: str, shots: int, seed: int) -> BoxTrainResult:
+    """The f_Box notebook 02 saved for a unit, refused when it was trained with other settings."""
+    path = box_path(p.run_path, p.dataset, encoder, shots, seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"no f_Box at {path}: run notebook 02 (02_train_boxes) with the same encoders, "
+                                "shots and seeds")
+    want = box_key(p, load_encoder_data(p.run_path, p.dataset, encoder), shots, seed)
+    if json.loads(path.with_suffix(".json").read_text()).get("config_hash") != want:
+        raise ValueError(f"the f_Box at {path} was trained with other settings, embeddings or split than this run's: "
+                         "run notebook 02 (02_train_boxes) again with these parameters")
+    return load_box(path, p.torch_device)
+
+
+# ---------------------------------------------------------------- methods x units
+def method_params(m: Method, p: RunParams, encoder: str) -> dict:
+    """What a result row records (and hashes): the method's settings, the protocol, the embeddings."""
+    params = {k: _strip_seed(dataclasses.asdict(getattr(p, k))) for k in m.sections}
+    params["protocol"] = p.protocol
+    if m.config is not None:
+        params["val_fraction"] = p.val_fraction
+        if p.protocol == "tuned" and HPARAMS.get(m.name):
+            params["search"] = p.search.to_dict()
+            params["space"] = {name: space.describe() for name, space in HPARAMS[m.name].items()}
+    params["embeddings"] = read_index(p.run_path, p.dataset, encoder)["info"]
+    return params
+
+
+def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
+    """Notebooks 03 and 04: each method on each unit it applies to; returns the new result rows."""
+    chosen = [get(name) for name in methods]
+    encoders = [e for e in p.encoders if any(e in p.encoders_for(m.encoders_param) for m in chosen)]
+    _check_shots(p, encoders)
+    sections = {k: getattr(p, k) for m in chosen for k in m.sections}
+    results, rows = results_path(p.run_path), []
+    for enc, k, seed in tqdm(units(p, encoders), desc=", ".join(methods), disable=not p.progress):
+        data = load_encoder_data(p.run_path, p.dataset, enc)
+        splits = None
+        for m in chosen:
+            if enc not in p.encoders_for(m.encoders_param) or not m.applies(data.extra_text, k):
+                continue
+            params = method_params(m, p, enc)
+            key = {"method": m.name, "encoder": enc, "dataset": p.dataset, "shots": k, "seed": seed}
+            if has_result(results, **key, params=params):
+                continue
+            splits = splits or unit_splits(p, enc, k, seed)
+            s = dataclasses.replace(splits, boxes=trained_boxes(p, enc, k, seed)) if "boxes" in m.needs else splits
+            new = make_rows(**key, params=params, **search_unit(m, s, p, sections, seed))
+            append_rows(results, new)
+            rows += new
+    return pd.DataFrame(rows)[ROW_COLUMNS] if rows else pd.DataFrame(columns=ROW_COLUMNS)
+
+
+def search_unit(m: Method, splits, p: RunParams, sections: dict, seed: int) -> dict:
+    """One method on one unit under the run's protocol: every trial, the one chosen on the validation
+    split, and what the row records of the choice (every trial's settings and scores included)."""
+    trials = trials_of(m, sections, p.protocol, p.search)
+    results = run_trials(m, splits, configs_of(m, sections, trials, p.protocol, p.search, seed), p.torch_device)
+    best = select(results, p.probe.select)
+    chosen = results[best]
+    return {"metrics_by_domain": {d: v for d, v in chosen.items() if d in EVAL_DOMAINS.values()},
+            "extra": {"trial": best, "selected": trials[best], "val_score": chosen.get(VALIDATION, {}).get(p.probe.select),
+                      "trials": [{"settings": t, **r} for t, r in zip(trials, results, strict=True)]}}
+
+
+def baseline_methods() -> list[str]:
+    """Every registered method but LARE (notebook 04)."""
+    return [name for name in REGISTRY if name != "lare"]
+
+
+# ---------------------------------------------------------------- outputs
+def aggregate_run(run_dir) -> Path:
+    """results.jsonl -> results.csv (mean and std over seeds), in the run folder."""
+    rows = read_rows(results_path(run_dir))
+    if not rows:
+        raise FileNotFoundError(f"no results in {results_path(run_dir)}: run notebooks 03 and 04 first")
+    out = Path(run_dir) / "results.csv"
+    write_csv(aggregate(rows), out)
+    return out
+
+
+def make_table1(p: RunParams) -> dict[str, Path]:
+    """Notebook 05: aggregate the run's results into results.csv and write Table 1 under the figures folder."""
+    csv = aggregate_run(p.run_path)
+    agg = pd.read_csv(csv)
+    write_csv(agg, p.figures_path / "results.csv")
+    t = table1(agg, p.table1_dataset, with_paper=p.compare_paper)
+    if t.empty:
+        raise ValueError(f"no full-training-set results for dataset {p.table1_dataset!r} in {csv}")
+    note = f" [{p.title_note}]" if p.title_note else ""
+    paths = write_table1(t, p.figures_path, title=f"Table 1: top-1 accuracy (%) on {p.table1_dataset}, mean ± std over "
+                                                  f"seeds; vs probe: difference from the linear probe of the same "
+                                                  f"encoder, paired over seeds{note}")
+    oracle = oracle_rows(read_rows(results_path(p.run_path)))
+    if oracle:  # the search's trials chosen on the target domain: an upper bound, never a result
+        t_oracle = table1(aggregate(oracle), p.table1_dataset)
+        if not t_oracle.empty:
+            paths.update({f"oracle_{k}": v for k, v in write_table1(
+                t_oracle, p.figures_path, stem="table1_oracle",
+                title=f"ORACLE selection (the trial with the best out-of-domain accuracy; not a valid result): "
+                      f"top-1 accuracy (%) on {p.table1_dataset}{note}").items()})
+    return paths
+
+
+def lare_trials(p: RunParams, dataset: str) -> pd.DataFrame:
+    """Every LARE trial of the search on ``dataset`` (full training set): its settings, its mean box
+    log-width and its accuracy per domain, one row per (encoder, seed, trial, domain)."""
+    out = []
+    for r in read_rows(results_path(p.run_path)):
+        if r["method"] != "lare" or r["dataset"] != dataset or r["shots"] != 0 or len(r.get("trials") or []) < 2:
+            continue
+        for i, t in enumerate(r["trials"]):
+            defaults = {k: dataclasses.asdict(getattr(p, k.split(".")[0]))[k.split(".")[1]] for k in HPARAMS["lare"]}
+            settings = {**defaults, **t["settings"]}
+            out.append({"encoder": r["encoder"], "seed": r["seed"], "trial": i, "domain": r["domain"],
+                        "top1": t[r["domain"]]["top1"], "log_width": t.get("boxes", {}).get("log_width"),
+                        "alpha": settings["box.alpha"], "k": settings["sampling.k"], "scale": settings["box.scale"],
+                        "selected": i == r["trial"]})
+    return pd.DataFrame(out)
+
+
+def make_sensitivity(p: RunParams):
+    """Notebook 07: LARE's accuracy against alpha, k and the mean box width of its search's trials."""
+    df = lare_trials(p, p.table1_dataset)
+    if df.empty:  # the fixed protocol has one trial per unit: nothing to vary
+        print(f"no LARE search trials for {p.table1_dataset!r} in this run: the sensitivity study reads the trials of "
+              "the tuned protocol (protocol: tuned, search.trials >= 2)")
+        return None, None, df
+    note = f"\n[{p.title_note}]" if p.title_note else ""
+    fig = sensitivity(df, title=f"LARE sensitivity on {p.table1_dataset}: search trials, mean and 95% CI over seeds{note}")
+    return save_figure(fig, p.figures_path, "sensitivity"), fig, df
+
+
+def make_figure3(p: RunParams):
+    """Notebook 06: Figure 3 from results.csv, as PNG and PDF under the figures folder."""
+    csv = p.run_path / "results.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"no {csv}: run notebook 05 (05_table1), which aggregates the results, first")
+    note = f"\n[{p.title_note}]" if p.title_note else ""
+    fig = figure3(pd.read_csv(csv), p.fewshot_dataset, title=f"Figure 3: few-shot accuracy, {p.fewshot_dataset}{note}")
+    return save_figure(fig, p.figures_path, "figure3"), fig

@@ -1,0 +1,206 @@
+"""Ingest: embeddings into the cache format and the run's index (what notebook 01 does).
+
+Three sources: the built-in ``synthetic`` dataset, bring-your-own ``byo`` ``.npz`` files, and real
+``images`` embedded with an open_clip model (resumable, keyed by everything that changes the
+numbers). Each writes one index per (dataset, encoder) in the run folder (see :mod:`lare.runfolder`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import save_embeddings
+from .datasets import imagefolder_items, make_toy_images
+from .encoders import load_encoder
+from .extraction import class_text_entry, dist_barrier, dist_rank_world, extract_embeddings
+from .params import RunParams, resolve
+from .runfolder import index_path, write_index
+from .sources import PROTOCOL_SOURCES, load_protocol
+from .synthetic import SyntheticSpec, make_synthetic
+from .utils import hash_config
+
+
+def _text_entry(cache_dir: Path, dataset: str, encoder: str, purpose: str, emb: torch.Tensor,
+                names: list[str], manifest_base: dict) -> str:
+    manifest = {**manifest_base, "dataset": dataset, "split": f"text-{purpose}", "n_items": len(names)}
+    path = cache_dir / dataset / f"text-{purpose}" / f"{encoder}-{hash_config(manifest)}"
+    return str(save_embeddings(path, manifest, emb, torch.arange(len(names)), names).path)
+
+
+def write_synthetic(run_dir, cache_dir, dataset: str, encoder: str, spec: dict, *, noise: float,
+                    world_seed: int = 1234, with_domains: bool = True) -> Path:
+    """Generate one synthetic encoder's view of a dataset and write it in the cache format.
+
+    ``with_domains=False`` gives a single-domain dataset (train / test), as CIFAR-100 for Figure 3.
+    """
+    sp = SyntheticSpec(**{**spec, "noise": noise})
+    data = make_synthetic(sp, seed=int(round(noise * 1000)), world_seed=world_seed)
+    base = {"format": 1, "model": f"synthetic-{encoder}", "synthetic_spec": sp.__dict__, "world_seed": world_seed}
+    cache_dir = Path(cache_dir)
+    splits = {}
+    names = {"train": "train", "test": "test", **({"ood": "ood"} if with_domains else {})}
+    for split, key in names.items():
+        x, y = data[f"{key}_x"], data[f"{key}_y"]
+        ids = [f"{split}/{i:06d}" for i in range(len(y))]
+        manifest = {**base, "dataset": dataset, "split": split, "n_items": len(ids)}
+        path = cache_dir / dataset / split / f"{encoder}-{hash_config(manifest)}"
+        splits[split] = str(save_embeddings(path, manifest, x, y, ids).path)
+    names_c = data["class_names"]
+    class_text = _text_entry(cache_dir, dataset, encoder, "class", data["class_text"], names_c, base)
+    extra = {k: _text_entry(cache_dir, dataset, encoder, k, data[f"{k}_text"], names_c, base)
+             for k in ("photo", "painting")} if with_domains else {}
+    return write_index(run_dir, dataset, encoder, splits=splits, class_text=class_text, class_names=names_c,
+                       extra_text=extra, info={"source": "synthetic", "noise": noise, **base})
+
+
+BYO_REQUIRED = {"embeddings": 2, "labels": 1, "split": 1, "class_names": 1, "class_text": 2}
+
+
+def read_byo(path: str | Path) -> dict[str, np.ndarray]:
+    """Read and check a bring-your-own ``.npz`` (see the README for the layout)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"bring-your-own embeddings file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except ValueError as err:  # object arrays need pickles, which we never load
+        raise ValueError(f"{path}: {err}. Store plain numeric and string arrays (no Python objects); "
+                         "class_names as a string array, e.g. np.array(names, dtype=str)") from err
+    problems = [f"missing array {k!r} ({nd}-D)" for k, nd in BYO_REQUIRED.items() if k not in data]
+    problems += [f"{k!r} must be {nd}-D, got shape {data[k].shape}" for k, nd in BYO_REQUIRED.items()
+                 if k in data and data[k].ndim != nd]
+    if not problems:
+        n, d = data["embeddings"].shape
+        c = len(data["class_names"])
+        if len(data["labels"]) != n or len(data["split"]) != n:
+            problems.append(f"labels and split must have one entry per embedding ({n})")
+        if data["class_text"].shape != (c, d):
+            problems.append(f"class_text must be (num classes, d) = ({c}, {d}), got {data['class_text'].shape}")
+        if not np.issubdtype(data["labels"].dtype, np.integer):
+            problems.append(f"labels must be integers, got dtype {data['labels'].dtype}")
+        elif len(data["labels"]) and (data["labels"].min() < 0 or data["labels"].max() >= c):
+            problems.append(f"labels must lie in [0, {c})")
+        bad = set(map(str, np.unique(data["split"]))) - {"train", "test", "ood"}
+        if bad or "train" not in set(map(str, data["split"])):
+            problems.append(f"split values must be train / test / ood (train required), found {sorted(bad)}")
+        if ("source_text" in data) != ("target_text" in data):
+            problems.append("source_text and target_text (LADS prompts) must be given together")
+        for k in ("source_text", "target_text"):
+            if k in data and data[k].shape != (c, d):
+                problems.append(f"{k} must be ({c}, {d}), got {data[k].shape}")
+    if problems:
+        raise ValueError(f"{path} is not a valid embeddings file:\n  - " + "\n  - ".join(problems))
+    return data
+
+
+def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path) -> Path:
+    """Bring your own embeddings: convert a checked ``.npz`` into the cache format and index it."""
+    data = read_byo(path)
+    emb = torch.from_numpy(np.ascontiguousarray(data["embeddings"], dtype=np.float32))
+    labels = torch.from_numpy(data["labels"].astype(np.int64))
+    ids_all = [str(i) for i in data["ids"]] if "ids" in data else [f"{i:07d}" for i in range(len(labels))]
+    names = [str(c) for c in data["class_names"]]
+    base = {"format": 1, "model": f"byo-{encoder}", "source_file": str(Path(path).resolve())}
+    cache_dir = Path(cache_dir)
+    splits = {}
+    for split in ("train", "test", "ood"):
+        mask = np.asarray([str(s) == split for s in data["split"]])
+        if not mask.any():
+            continue
+        ids = [i for i, m in zip(ids_all, mask, strict=True) if m]
+        manifest = {**base, "dataset": dataset, "split": split, "n_items": len(ids)}
+        p = cache_dir / dataset / split / f"{encoder}-{hash_config(manifest)}"
+        splits[split] = str(save_embeddings(p, manifest, emb[torch.from_numpy(mask)], labels[torch.from_numpy(mask)], ids).path)
+    class_text = _text_entry(cache_dir, dataset, encoder, "class", torch.from_numpy(data["class_text"]).float(), names, base)
+    extra = {}
+    if "source_text" in data and "target_text" in data:
+        extra = {purpose: _text_entry(cache_dir, dataset, encoder, purpose, torch.from_numpy(data[k]).float(), names, base)
+                 for purpose, k in (("photo", "source_text"), ("painting", "target_text"))}
+    return write_index(run_dir, dataset, encoder, splits=splits, class_text=class_text, class_names=names,
+                       extra_text=extra, info={"source": "byo", **base})
+
+
+def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, pretrained: str,
+                 items: dict[str, list], class_names: list[str], templates: list[str],
+                 domain_templates: dict[str, list[str]] | None = None, precision: str = "fp32",
+                 batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None,
+                 chunk_size: int = 1024, repair: bool = False, skip_bad_images: bool = False) -> Path:
+    """Embed real images with an open_clip model into the cache (resumable) and index them.
+
+    ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
+    ``domain_templates`` (e.g. photo / painting prompts with one '{}') feed LADS.
+    """
+    if precision == "auto":  # mixed precision where it pays; the choice is recorded in the manifest
+        precision = "bf16" if torch.device(device or "cpu").type == "cuda" else "fp32"
+    enc = load_encoder(model, pretrained, device=device, precision=precision)
+    splits, skipped = {}, {}
+    for split, its in items.items():
+        es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=dataset, split=split, label_names=class_names,
+                                batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader,
+                                chunk_size=chunk_size, repair=repair, skip_bad_images=skip_bad_images)
+        splits[split] = str(es.path)
+        if es.skipped:
+            skipped[split] = es.skipped
+            print(f"{encoder}/{split}: skipped {len(es.skipped)} images that do not decode, e.g. {es.skipped[:3]}")
+
+    def text(purpose, temps):
+        return str(class_text_entry(enc, class_names, temps, cache_dir=cache_dir, purpose=purpose).path)
+
+    path = index_path(run_dir, dataset, encoder)
+    if dist_rank_world()[0] == 0:  # text embeddings and the index are small: one process writes them
+        class_text = text("class", list(templates))
+        extra = {k: text(k, list(v)) for k, v in (domain_templates or {}).items()}
+        path = write_index(run_dir, dataset, encoder, splits=splits, class_text=class_text,
+                           class_names=list(class_names), extra_text=extra,
+                           info={"source": "images", **enc.info(), "skipped_images": skipped})
+    dist_barrier()
+    return path
+
+
+def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> Path:
+    """Notebook 01 for one encoder of the run: dispatch on ``p.source``; returns the index path.
+
+    With ``source="images"``, ``p.dataset`` is a protocol dataset of :mod:`lare.sources` (``cub``:
+    CUB-200-2011 train / test photos and CUB-200-Paintings as ``ood``; ``cifar100``), or any folder
+    ``<data_root>/<dataset>/{train,test[,ood]}/<NNN.Class_Name>/*.jpg`` (``toy*`` ones are generated).
+    """
+    enc, run_dir, dataset = p.encoders[name], p.run_path, p.dataset
+    if p.source == "synthetic":
+        return write_synthetic(run_dir, p.cache_path, dataset, name, p.synthetic, noise=float(enc["noise"]),
+                               with_domains=p.with_domains)
+    if p.source == "byo":
+        return write_byo(run_dir, p.cache_path, dataset, name, resolve(p.byo[name]))
+    data_root = p.data_path
+    rank, world = dist_rank_world()
+    if world > 1:  # under torchrun: rank 0 downloads / extracts / generates first, alone
+        if rank == 0:
+            if dataset in PROTOCOL_SOURCES:
+                load_protocol(dataset, data_root, allow_download=p.download)
+            elif dataset.startswith("toy"):
+                make_toy_images(data_root / dataset)
+        dist_barrier()
+    loader = None
+    if dataset in PROTOCOL_SOURCES:
+        items, class_names, loader = load_protocol(dataset, data_root, allow_download=p.download)
+        if not p.with_domains:
+            items.pop("ood", None)
+    else:
+        root = data_root / dataset
+        if dataset.startswith("toy"):
+            make_toy_images(root)
+        items, class_names = {}, None
+        for split in ("train", "test", "ood") if p.with_domains else ("train", "test"):
+            items[split], names = imagefolder_items(root, split, domain="painting" if split == "ood" else "photo")
+            if class_names is not None and names != class_names:
+                raise ValueError(f"{root / split} has other classes than {root / 'train'}")
+            class_names = names
+    return write_images(run_dir, p.cache_path, dataset, name, model=enc["model"], pretrained=enc.get("pretrained", "none"),
+                        items=items, class_names=class_names, templates=p.templates,
+                        domain_templates=p.domain_templates if p.with_domains else None, precision=p.precision,
+                        batch_size=p.batch_size, num_workers=p.num_workers, device=device or p.torch_device,
+                        progress=p.progress, loader=loader, chunk_size=p.chunk_size, repair=p.repair_cache,
+                        skip_bad_images=p.skip_bad_images)

@@ -1,0 +1,396 @@
+"""N linear-probe trials (a hyperparameter search) trained as one batched model.
+
+A trial is one run of today's linear probe (:func:`lare.probe.train_probe`): ``nn.Linear(d, C)``
+seeded by its seed, AdamW with its own lr and weight decay, its own batch order, the epoch with
+the best validation score kept. N trials share every product: the weights are one (N, d, C)
+tensor, a step is one batched product and one batched AdamW update, validation one product per
+epoch. Trial i sees exactly what it sees alone (N = 1). Each trial stops on its own (early
+stopping with ``patience``); a stopped trial is frozen (its update masked) while the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .probe import metrics
+from .train import SCORE_TIE_TOL, effective_epochs, is_int, seeded_init
+from .utils import make_generator, resolve_device
+
+SELECT_METRICS = ("balanced_acc", "top1")
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_optimizer uses them
+# Scores closer than this (in percentage points) tie: the same balanced accuracy reached with
+# different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
+TIE_TOL = SCORE_TIE_TOL
+
+# augment(epoch, generators) -> (ax (N, m, d), ay (N, m)): extra training embeddings per trial.
+BatchedAugmenter = Callable[[int, list[torch.Generator]], tuple[torch.Tensor, torch.Tensor]]
+
+
+# ---------------------------------------------------------------- augmenters
+class BatchedBoxSampler:
+    """Per trial, ``k`` points drawn uniformly from each training item's box, every epoch.
+
+    lower, upper: (N, n, d) box corners per trial (boxes may differ between trials; pass
+    ``lower.expand(N, n, d)`` to share one set). labels: (n,). A sample is
+    ``X^- + U (X^+ - X^-)`` with ``U ~ U[0, 1)^d``; trial i draws from ``generators[i]`` only, so
+    its samples are those of :class:`lare.probe.BoxSampler` with the same generator.
+    renormalize: project samples back onto the unit sphere, where the image embeddings live.
+    """
+
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *, k: int = 1,
+                 renormalize: bool = True):
+        if lower.dim() != 3 or lower.shape != upper.shape:
+            raise ValueError(f"lower and upper must both be (N, n, d), got {tuple(lower.shape)} and {tuple(upper.shape)}")
+        if labels.dim() != 1 or len(labels) != lower.shape[1]:
+            raise ValueError(f"{lower.shape[1]} boxes per trial but labels of shape {tuple(labels.shape)}")
+        if not is_int(k) or k < 1:
+            raise ValueError(f"k (samples per box) must be an integer >= 1, got {k!r}")
+        self.lower, self.upper, self.labels = lower, upper, labels
+        self.k, self.renormalize = k, bool(renormalize)
+
+    @property
+    def size(self) -> int:
+        """Extra embeddings per trial and epoch."""
+        return self.lower.shape[1] * self.k
+
+    def to(self, device: torch.device) -> BatchedBoxSampler:
+        self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
+        return self
+
+    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        trials, n, d = self.lower.shape
+        if len(generators) != trials:
+            raise ValueError(f"{len(generators)} generators for {trials} trials of boxes")
+        # One draw per trial from its own generator, the same call lare.box.sample_boxes makes.
+        u = torch.stack([torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)
+                         for g in generators])
+        s = (self.lower.unsqueeze(2) + u * (self.upper - self.lower).unsqueeze(2)).reshape(trials, n * self.k, d)
+        return F.normalize(s, dim=-1) if self.renormalize else s, self.labels.repeat_interleave(self.k).expand(trials, -1)
+
+
+class FixedBatchedAugment:
+    """A fixed set of extra embeddings per trial, the same every epoch: x (N, m, d), y (N, m)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if x.dim() != 3 or y.shape != x.shape[:2]:
+            raise ValueError(f"x must be (N, m, d) and y (N, m), got {tuple(x.shape)} and {tuple(y.shape)}")
+        self.x, self.y = x, y
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[1]
+
+    def to(self, device: torch.device) -> FixedBatchedAugment:
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        return self
+
+    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+
+# ---------------------------------------------------------------- tensor functions
+def batched_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits of N linear maps on per-trial inputs: x (N, b, d), weight (N, d, C), bias (N, C) -> (N, b, C)."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+
+def batched_predict(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Predicted labels (N, n) of N linear maps on shared inputs x (n, d), ``chunk`` rows at a time."""
+    trials, d, c = weight.shape
+    # Shared inputs: one (n, d) x (d, N C) product instead of N products on copies of x.
+    w, b = weight.permute(1, 0, 2).reshape(d, trials * c), bias.reshape(1, trials * c)
+    return torch.cat([torch.addmm(b, part, w).view(-1, trials, c).argmax(-1).T for part in x.split(chunk)], dim=1)
+
+
+def batched_metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """:func:`lare.probe.metrics` for N prediction rows at once: pred (N, n), labels (n,) -> (N,) each, in %.
+
+    Balanced accuracy: mean recall over the classes present in ``labels``, in float64 (equal values
+    reached with different per-class hits may differ in the last bits: compare with :data:`TIE_TOL`)."""
+    if labels.numel() == 0:
+        raise ValueError("cannot compute accuracy on an empty set")
+    correct = (pred == labels).to(torch.float64)
+    per_class_n = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    per_class_hit = torch.zeros(len(pred), num_classes, dtype=torch.float64, device=pred.device).index_add_(1, labels, correct)
+    present = per_class_n > 0
+    balanced = (per_class_hit[:, present] / per_class_n[present]).mean(1)
+    return {"top1": 100.0 * correct.mean(1), "balanced_acc": 100.0 * balanced}
+
+
+def cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-trial mean cross-entropy and its gradients: x (N, b, d), y (N, b) -> loss (N,), dW (N, d, C), db (N, C).
+
+    Written out (softmax minus one-hot, over b): the numbers ``F.cross_entropy(...).backward()``
+    gives per trial, without building a graph per step."""
+    logp = batched_logits(x, weight, bias).log_softmax(-1)
+    loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+    dlogits = logp.exp_()
+    dlogits.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(dlogits[..., :1], -1.0))
+    dlogits /= x.shape[1]
+    return loss, torch.bmm(x.transpose(1, 2), dlogits), dlogits.sum(1)
+
+
+def _per_trial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) values shaped to broadcast against a (N, ...) tensor, in its dtype."""
+    return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def adamw_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+               step: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor, active: torch.Tensor | None = None) -> None:
+    """One AdamW step of N trials in place: param, grad and moments (N, ...); step, lr, weight_decay (N,) float64.
+
+    The update of ``torch.optim.AdamW`` (decoupled weight decay, bias correction, betas 0.9/0.999,
+    eps 1e-8) in its order of operations, the per-trial scalars computed in float64 as torch
+    computes its Python-float scalars. ``step``: the number of this step per trial (1 for the
+    first). ``active`` (N,) bool: trials with False keep their parameters and moments; None: all step.
+    """
+    decay = _per_trial(1 - lr * weight_decay, param)
+    step_size = _per_trial(-lr / (1 - BETA1 ** step), param)
+    bias_correction2_sqrt = _per_trial((1 - BETA2 ** step).sqrt(), param)
+    masked = active is not None  # then update copies and keep the old values of stopped trials
+    p, m, v = (t.clone() if masked else t for t in (param, exp_avg, exp_avg_sq))
+    p.mul_(decay)
+    m.lerp_(grad, 1 - BETA1)
+    v.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
+    p.add_(step_size * m / (v.sqrt() / bias_correction2_sqrt).add_(EPS))
+    if masked:
+        keep = _per_trial(active, param).bool()
+        for old, new in ((param, p), (exp_avg, m), (exp_avg_sq, v)):
+            old.copy_(torch.where(keep, new, old))
+
+
+def init_trials(d: int, num_classes: int, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (N, d, C) and biases (N, C): trial i starts as ``nn.Linear(d, C)`` seeded by seeds[i] (today's probe)."""
+    layers = [seeded_init(lambda: nn.Linear(d, num_classes), s) for s in seeds]
+    return torch.stack([m.weight.detach().T for m in layers]), torch.stack([m.bias.detach() for m in layers])
+
+
+def epoch_batches(n: int, batch_size: int, generators: list[torch.Generator], device: torch.device) -> list[torch.Tensor]:
+    """Index tensors (N, b) of this epoch's batches: row i follows the permutation trial i's
+    generator draws, the same draw and split as :func:`lare.train.batches` (0: one full batch)."""
+    perm = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in generators]).to(device)
+    step = n if not batch_size or batch_size >= n else batch_size
+    return list(perm.split(step, dim=1))
+
+
+def pooled_index(idx: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Map per-trial indices into [originals (n), that trial's extras (m)] to rows of the pool
+    ``cat([x, ax.reshape(N * m, d)])``, so the originals are stored once, not N times."""
+    trial = torch.arange(len(idx), device=idx.device).unsqueeze(1)
+    return torch.where(idx >= n, idx + trial * m, idx)
+
+
+# ---------------------------------------------------------------- result
+@dataclass
+class TrialsResult:
+    """N trained trials: best-epoch weights, stopping record and per-epoch history.
+
+    weight (N, d, C), bias (N, C): each trial's best epoch; last_weight, last_bias: where it stopped.
+    best_epoch, epochs (epochs run), steps (optimiser steps), stopped_by (``patience`` or
+    ``budget``), best_score (validation ``select`` metric at best_epoch, in %): one entry per trial.
+    history: ``train_loss``, ``val_top1``, ``val_balanced_acc``, each (epochs, N) float64, NaN
+    where a trial had already stopped.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    last_weight: torch.Tensor
+    last_bias: torch.Tensor
+    best_epoch: list[int]
+    epochs: list[int]
+    steps: list[int]
+    stopped_by: list[str]
+    best_score: list[float]
+    history: dict[str, torch.Tensor]
+    select: str
+    lr: list[float]
+    weight_decay: list[float]
+    l2: list[float]
+    seeds: list[int]
+    max_epochs: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[2]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels (N, n) predicted by every trial's best weights."""
+        return batched_predict(x.to(self.weight.device, torch.float32), self.weight, self.bias).cpu()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        """Per trial ``{"top1", "balanced_acc"}`` in %, exactly :func:`lare.probe.metrics`."""
+        return [metrics(p, y, self.num_classes) for p in self.predict(x)]
+
+    def trial(self, i: int) -> nn.Linear:
+        """Trial i's best weights as a plain ``nn.Linear`` (on the device it trained on)."""
+        d, c = self.weight.shape[1:]
+        model = nn.Linear(d, c, device=self.weight.device)
+        with torch.no_grad():
+            model.weight.copy_(self.weight[i].T)
+            model.bias.copy_(self.bias[i])
+        return model.eval()
+
+    def best_trial(self) -> int:
+        """Index of the trial with the highest validation score (the first one on ties)."""
+        top = max(self.best_score)
+        return next(i for i, s in enumerate(self.best_score) if s >= top - TIE_TOL)
+
+
+# ---------------------------------------------------------------- training
+def _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay, l2, seeds, max_epochs, patience,
+                  batch_size, select, min_steps) -> None:
+    """Reject bad settings before any training starts."""
+    if not is_int(num_classes) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    for name, x, y in (("train", train_x, train_y), ("validation", val_x, val_y)):
+        if x.dim() != 2 or y.dim() != 1 or len(x) != len(y) or len(x) == 0 or x.shape[1] != train_x.shape[1]:
+            raise ValueError(f"{name} embeddings must be (n, d={train_x.shape[-1]}) with n > 0 labels, "
+                             f"got {tuple(x.shape)}, {tuple(y.shape)}")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"{name} labels must be integers, got {y.dtype}")
+        if int(y.min()) < 0 or int(y.max()) >= num_classes:
+            raise ValueError(f"{name} labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+    if not isinstance(seeds, list | tuple) or not seeds or not all(is_int(s) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    for name, v in (("lr", lr), ("weight_decay", weight_decay), ("l2", l2)):
+        if not isinstance(v, torch.Tensor) or v.dim() != 1 or len(v) != len(seeds):
+            raise ValueError(f"{name} must be a 1-d tensor with one value per seed ({len(seeds)}), got {v!r}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} must be finite, got {v.tolist()}")
+    if (lr <= 0).any() or (weight_decay < 0).any() or (l2 < 0).any():
+        raise ValueError(f"lr must be > 0, weight_decay and l2 >= 0, got {lr.tolist()}, {weight_decay.tolist()}, {l2.tolist()}")
+    for name, v, low in (("patience", patience, 1), ("max_epochs", max_epochs, 1), ("batch_size (0: full batch)", batch_size, 0),
+                         ("min_steps", min_steps, 0)):
+        if not is_int(v) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    if select not in SELECT_METRICS:
+        raise ValueError(f"select must be one of {SELECT_METRICS}, got {select!r}")
+
+
+def _augment_batch(augment: BatchedAugmenter, epoch: int, generators: list[torch.Generator], trials: int, d: int,
+                   num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """This epoch's extra embeddings (N, m, d) and labels (N, m), checked and on ``device``."""
+    ax, ay = augment(epoch, generators)
+    if ax.dim() != 3 or ax.shape[0] != trials or ax.shape[2] != d or ay.shape != ax.shape[:2]:
+        raise ValueError(f"augment must return (N={trials}, m, d={d}) embeddings and (N, m) labels, "
+                         f"got {tuple(ax.shape)} and {tuple(ay.shape)}")
+    if ay.numel() and (int(ay.min()) < 0 or int(ay.max()) >= num_classes):
+        raise ValueError(f"augment labels must lie in [0, {num_classes})")
+    return ax.to(device, torch.float32), ay.to(device, torch.long)
+
+
+def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, *, lr: torch.Tensor,
+                       weight_decay: torch.Tensor, seeds: list[int], val_x: torch.Tensor, val_y: torch.Tensor,
+                       max_epochs: int = 200, patience: int = 10, batch_size: int = 256, select: str = "balanced_acc",
+                       augment: BatchedAugmenter | None = None, min_steps: int = 0, l2: torch.Tensor | None = None,
+                       device: str | torch.device | None = None, progress: bool = False) -> TrialsResult:
+    """Train N = len(seeds) linear probes at once, each stopped early on the validation split.
+
+    Trial i: ``nn.Linear(d, C)`` initialised with seeds[i], AdamW with lr[i] and weight_decay[i]
+    (on weight and bias, as today's probe), batches of ``batch_size`` (0: full batch) in the
+    order of a CPU generator seeded with seeds[i], augmentation from a generator on ``device``
+    seeded with seeds[i] + 1: alone (N = 1) the trial gives the same numbers. Float32.
+
+    After every epoch each running trial is scored on (val_x, val_y) by ``select``
+    (``balanced_acc`` or ``top1``); its best epoch's weights are kept (the first on ties, within
+    :data:`TIE_TOL`). A trial stops ("patience") when it has not improved for ``patience``
+    epochs and has done at least ``min_steps`` optimiser steps; from then on its parameters and
+    optimiser state are frozen. ``max_epochs`` is stretched, as :func:`lare.train.effective_epochs`
+    does, when it cannot reach ``min_steps``; trials still running at its end stop by "budget".
+
+    augment: ``augment(epoch, generators) -> (ax (N, m, d), ay (N, m))``, each trial's extra
+    embeddings for this epoch (:class:`BatchedBoxSampler`, :class:`FixedBatchedAugment`).
+    l2: optional (N,) coupled penalty ``(l2 / 2) ||W||^2`` on the weight (not the bias), added to
+    the gradient before Adam as ``torch.optim.Adam(weight_decay=...)`` does: with weight_decay 0 a
+    trial then minimises the objective of :mod:`lare.reference`, which AdamW's decoupled decay
+    does not (its fixed point is a different, per-coordinate regulariser). None: today's probe.
+    The history's train_loss is the cross-entropy alone.
+    """
+    if l2 is None and isinstance(seeds, list | tuple):
+        l2 = torch.zeros(len(seeds))
+    _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay, l2, seeds, max_epochs, patience,
+                  batch_size, select, min_steps)
+    dev = resolve_device(device)
+    trials, (n, d) = len(seeds), train_x.shape
+    x, y = train_x.to(dev, torch.float32), train_y.to(dev, torch.long)
+    vx, vy = val_x.to(dev, torch.float32), val_y.to(dev, torch.long)
+    lr64, wd64 = lr.to(dev, torch.float64), weight_decay.to(dev, torch.float64)
+    # Coupled L2 on the weight rows of theta only (the bias row is not penalised).
+    l2_rows = torch.cat([l2.view(-1, 1, 1).expand(trials, d, 1), torch.zeros(trials, 1, 1)], 1).to(dev, torch.float32) \
+        if bool((l2 > 0).any()) else None
+    if augment is not None and hasattr(augment, "to"):
+        augment = augment.to(dev)
+
+    # One tensor for all parameters, theta (N, d + 1, C): rows :d the weight, row d the bias, so
+    # each step is one AdamW pass (elementwise, so the same numbers as two).
+    w0, b0 = init_trials(d, num_classes, list(seeds))
+    theta = torch.cat([w0, b0.unsqueeze(1)], dim=1).to(dev)
+    weight, bias = theta[:, :d], theta[:, d]
+    exp_avg, exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
+    step = torch.zeros(trials, dtype=torch.float64, device=dev)
+    order_gens = [make_generator(s, "cpu") for s in seeds]
+    sample_gens = [make_generator(s + 1, dev) for s in seeds]
+
+    m = getattr(augment, "size", 0) if augment is not None else 0
+    epochs = effective_epochs(max_epochs, n + m, batch_size, min_steps)
+    best_theta = theta.clone()
+    best = torch.full((trials,), -math.inf, dtype=torch.float64, device=dev)
+    best_epoch, since_best = (torch.full((trials,), v, dtype=torch.long, device=dev) for v in (-1, 0))
+    active = torch.ones(trials, dtype=torch.bool, device=dev)
+    stop_epoch = torch.full((trials,), epochs, dtype=torch.long, device=dev)
+    rows = {k: [] for k in ("train_loss", "val_top1", "val_balanced_acc")}
+
+    all_running = True  # masking costs copies: only once some trial has stopped
+    bar = tqdm(range(epochs), desc=f"probe x{trials}", disable=not progress, leave=False)
+    for epoch in bar:
+        pool, pool_y, m = x, y.unsqueeze(0).expand(trials, -1), 0
+        if augment is not None:
+            ax, ay = _augment_batch(augment, epoch, sample_gens, trials, d, num_classes, dev)
+            m = ax.shape[1]
+            pool, pool_y = torch.cat([x, ax.reshape(-1, d)]), torch.cat([pool_y, ay], dim=1)
+        total = torch.zeros(trials, dtype=torch.float64, device=dev)
+        for idx in epoch_batches(n + m, batch_size, order_gens, dev):
+            xb, yb = pool[pooled_index(idx, n, m) if m else idx], pool_y.gather(1, idx)
+            loss, grad_w, grad_b = cross_entropy_grads(xb, yb, weight, bias)
+            grad = torch.cat([grad_w, grad_b.unsqueeze(1)], dim=1)
+            if l2_rows is not None:
+                grad += l2_rows * theta  # torch.optim.Adam's weight_decay: grad + l2 * W
+            step += active.to(step.dtype)
+            adamw_step(theta, grad, exp_avg, exp_avg_sq, step, lr64, wd64, None if all_running else active)
+            total += loss.to(torch.float64) * idx.shape[1]
+        val = batched_metrics(batched_predict(vx, weight, bias), vy, num_classes)
+
+        # Early stopping bookkeeping, all (N,) tensors: improve, count, stop.
+        score = val[select]
+        improved = active & (score > best + TIE_TOL)
+        best = torch.where(improved, score, best)
+        best_epoch = torch.where(improved, epoch, best_epoch)
+        best_theta = torch.where(improved.view(-1, 1, 1), theta, best_theta)
+        since_best = torch.where(improved, 0, since_best + active.long())
+        nan = torch.full_like(total, math.nan)
+        for k, v in (("train_loss", total / (n + m)), ("val_top1", val["top1"]), ("val_balanced_acc", val["balanced_acc"])):
+            rows[k].append(torch.where(active, v, nan))
+        stop = active & (since_best >= patience) & (step >= min_steps)
+        stop_epoch = torch.where(stop, epoch + 1, stop_epoch)
+        active &= ~stop
+        running = int(active.sum())
+        all_running = running == trials
+        bar.set_postfix(running=running)
+        if running == 0:
+            break
+
+    return TrialsResult(
+        weight=best_theta[:, :d].contiguous(), bias=best_theta[:, d].contiguous(), last_weight=weight.contiguous(),
+        last_bias=bias.contiguous(), best_epoch=best_epoch.tolist(), epochs=stop_epoch.tolist(), steps=[int(s) for s in step.tolist()],
+        stopped_by=["budget" if a else "patience" for a in active.tolist()],  # only early stopping clears a trial's flag
+        best_score=best.tolist(), history={k: torch.stack(v).cpu() for k, v in rows.items()}, select=select,
+        lr=lr.tolist(), weight_decay=weight_decay.tolist(), l2=l2.tolist(), seeds=list(seeds), max_epochs=epochs)

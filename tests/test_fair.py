@@ -1,0 +1,177 @@
+"""The fair comparison: converged training, the L-BFGS reference, the equal-budget search chosen on
+in-domain validation only, batched trials equal to trials run one by one, paired intervals."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from lare import experiment, ingest
+from lare.batched import train_box_trials, train_lads_trials
+from lare.box import BoxConfig, train_box
+from lare.hparams import HPARAMS, trial_settings
+from lare.lads import LADSConfig, train_lads
+from lare.methods import REGISTRY, run_lads, run_lare, run_linear_probe
+from lare.params import build
+from lare.probe import ProbeConfig, train_probe
+from lare.search import SearchConfig, configs_of, select, trials_of
+from lare.stats import paired_interval, t975
+
+DS = "fair"
+SPEC = {"num_classes": 40, "dim": 128, "n_train_per_class": 30, "n_test_per_class": 20, "n_ood_per_class": 15}  # the demo world
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def params(run, **over):
+    base = {"dataset": DS, "run_dir": str(run / "run"), "cache_dir": str(run / "cache"), "device": "cpu",
+            "progress": False, "seeds": [0, 1, 2], "encoders": {"clip": {"noise": 0.8}, "coca": {"noise": 0.6}},
+            "synthetic": SPEC, "search": {"trials": 8}}
+    return build({**base, **over})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fair")
+    p = params(root)
+    for e in p.encoders:
+        ingest.extract(p, e)
+    return root
+
+
+def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world):
+    """The default protocol's probe (search, converged trials, chosen on validation) against
+    multinomial logistic regression solved with L-BFGS, in and out of domain, per encoder."""
+    p = params(world)
+    assert p.protocol == "tuned"  # the default
+    rows = experiment.run_methods(p, ["linear-probe", "linear-probe-lbfgs"])
+    mean = rows.groupby(["method", "encoder", "domain"])["top1"].mean()
+    for enc in p.encoders:
+        for dom in ("in_domain", "out_of_domain"):
+            gap = mean["linear-probe-lbfgs", enc, dom] - mean["linear-probe", enc, dom]
+            assert gap <= 1.0, (enc, dom, gap)
+    # the fixed recipe (AdamW, 50 epochs, decoupled weight decay) is the under-trained probe the search replaces
+    pf = params(world, protocol="fixed", run_dir=str(world / "fixed"))
+    for e in pf.encoders:
+        ingest.extract(pf, e)
+    fixed = experiment.run_methods(pf, ["linear-probe"])
+    assert fixed.groupby("domain")["top1"].mean()["out_of_domain"] < mean["linear-probe"].xs("out_of_domain", level=1).mean()
+
+
+@pytest.mark.parametrize("method", ["linear-probe", "lare", "lads"])
+def test_selection_never_reads_the_out_of_domain_set(world, method):
+    """Permuting the out-of-domain labels changes no selected setting and no in-domain number."""
+    p = params(world, search={"trials": 4})
+    m = REGISTRY[method]
+    s = experiment.unit_splits(p, "coca", 0, 0)
+    x, y = s.evals["out_of_domain"]
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    shuffled = dataclasses.replace(s, evals={**s.evals, "out_of_domain": (x, y[perm])})
+    sections = {k: getattr(p, k) for k in m.sections}
+    a = experiment.search_unit(m, s, p, sections, 0)
+    b = experiment.search_unit(m, shuffled, p, sections, 0)
+    assert a["extra"]["trial"] == b["extra"]["trial"] and a["extra"]["selected"] == b["extra"]["selected"]
+    assert a["metrics_by_domain"]["in_domain"] == b["metrics_by_domain"]["in_domain"]
+    assert [t["validation"] for t in a["extra"]["trials"]] == [t["validation"] for t in b["extra"]["trials"]]
+    assert a["metrics_by_domain"]["out_of_domain"] != b["metrics_by_domain"]["out_of_domain"]  # the labels did change
+
+
+def test_select_reads_only_the_validation_scores():
+    trials = [{"validation": {"top1": 50.0}, "out_of_domain": {"top1": 99.0}},
+              {"validation": {"top1": 70.0}, "out_of_domain": {"top1": 10.0}},
+              {"validation": {"top1": 70.0}, "out_of_domain": {"top1": 90.0}}]
+    assert select(trials, "top1") == 1  # the best validation score, the first on ties
+    assert select(trials, "top1", domain="out_of_domain") == 0
+
+
+def _one_item(s) -> float:
+    return 100.0 / min(len(y) for _, y in [*s.evals.values(), (s.val_x, s.val_y)])
+
+
+@pytest.mark.parametrize("method, items", [("linear-probe", 0), ("lads", 12), ("lare", 12)])
+def test_batched_trials_equal_the_same_trials_one_by_one(world, method, items):
+    """The probe trials are exact; f_Box and the LADS augmenter agree to about 1e-6 (batched products
+    round differently, see the next test), and a probe trained on their outputs may then pick
+    another epoch: a few of the evaluation items (``items``) may differ, no more."""
+    p = params(world, search={"trials": 4, "max_epochs": 40})
+    m = REGISTRY[method]
+    s = experiment.unit_splits(p, "coca", 0, 1)
+    sections = {k: getattr(p, k) for k in m.sections}
+    trials = trials_of(m, sections, p.protocol, p.search)
+    configs = configs_of(m, sections, trials, p.protocol, p.search, 1)
+    batched = m.run_trials(s, configs, "cpu")
+    alone = [m.run(s, c, "cpu") for c in configs]
+    for b, a in zip(batched, alone, strict=True):
+        for dom in a:
+            for key in a[dom]:
+                assert b[dom][key] == pytest.approx(a[dom][key], abs=items * _one_item(s) + 1e-4), (dom, key)
+
+
+def test_batched_f_box_and_lads_weights_equal_one_by_one(world):
+    p = params(world)
+    s = experiment.unit_splits(p, "coca", 0, 2)
+    box = [BoxConfig(alpha=a, scale=c, epochs=12, batch_size=64, patience=3, seed=2) for a, c in ((0.5, 100.0), (0.2, 20.0))]
+    for cfg, b in zip(box, train_box_trials(s.train_x, s.train_y, s.class_text, box, val_x=s.val_x, val_y=s.val_y), strict=True):
+        a = train_box(s.train_x, s.train_y, s.class_text, cfg, val_x=s.val_x, val_y=s.val_y, progress=False)
+        assert (a.best_epoch, a.stopped_by, len(a.history)) == (b.best_epoch, b.stopped_by, len(b.history))
+        for x, y in zip(a.boxes(s.train_x), b.boxes(s.train_x), strict=True):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    lads = [LADSConfig(domain_weight=w, epochs=8, batch_size=64, seed=2) for w in (0.5, 0.1)]
+    src, tgt = s.extra_text["photo"], s.extra_text["painting"]
+    for cfg, b in zip(lads, train_lads_trials(s.train_x, s.train_y, src, tgt, lads, val_x=s.val_x, val_y=s.val_y), strict=True):
+        a = train_lads(s.train_x, s.train_y, src, tgt, cfg, val_x=s.val_x, val_y=s.val_y, progress=False)
+        assert a.best_epoch == b.best_epoch
+        torch.testing.assert_close(a.augment(s.train_x), b.augment(s.train_x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="may differ only in"):
+        train_box_trials(s.train_x, s.train_y, s.class_text, [box[0], dataclasses.replace(box[0], lr=0.1)])
+
+
+def test_early_stopping_is_recorded(world):
+    p = params(world)
+    s = experiment.unit_splits(p, "coca", 0, 0)
+    stuck = train_probe(s.train_x, s.train_y, s.num_classes, ProbeConfig(lr=1e-9, epochs=500, patience=3, min_steps=0),
+                        val_x=s.val_x, val_y=s.val_y, progress=False)
+    assert stuck.stopped_by == "patience" and len(stuck.history) == 4  # no gain after epoch 0
+    full = train_probe(s.train_x, s.train_y, s.num_classes, ProbeConfig(epochs=5, patience=100, min_steps=0),
+                       val_x=s.val_x, val_y=s.val_y, progress=False)
+    assert full.stopped_by == "budget" and len(full.history) == 5
+    box = train_box(s.train_x, s.train_y, s.class_text, BoxConfig(lr=1e-30, epochs=200, patience=2), val_x=s.val_x,
+                    val_y=s.val_y, progress=False)
+    assert box.stopped_by == "patience" and len(box.history) < 200
+
+
+def test_search_spaces_and_equal_budgets():
+    search = SearchConfig(trials=6)
+    for name, space in HPARAMS.items():
+        settings = trial_settings(name, search.trials, search.seed)
+        assert settings[0] == {} and len(settings) == (search.trials if space else 1)
+        for t in settings[1:]:
+            assert set(t) == set(space)
+    # paired: a setting two methods share takes the same value in the same trial
+    lp, lare = trial_settings("linear-probe", 6), trial_settings("lare", 6)
+    assert [t["probe.lr"] for t in lp[1:]] == [t["probe.lr"] for t in lare[1:]]
+    # stratified: the 5 random trials of one setting fall in 5 different fifths of its (log) range
+    fifths = sorted(int(5 * (math.log(t["probe.lr"]) - math.log(1e-3)) / (math.log(1e-1) - math.log(1e-3))) for t in lp[1:])
+    assert fifths == [0, 1, 2, 3, 4]
+
+
+def test_paired_interval():
+    mean, low, high = paired_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(t975(2) * 1.0 / math.sqrt(3))
+    assert t975(1) == 12.706 and 1.96 < t975(200) < 1.98
+    assert math.isnan(paired_interval([1.0])[1])
+
+
+def test_fixed_protocol_runs_one_recipe(world):
+    p = params(world, protocol="fixed")
+    m = REGISTRY["lare"]
+    sections = {k: getattr(p, k) for k in m.sections}
+    (cfg,) = configs_of(m, sections, trials_of(m, sections, p.protocol, p.search), p.protocol, p.search, 0)
+    assert cfg.probe == dataclasses.replace(p.probe, seed=0) and cfg.box.patience == 0
+    tuned = configs_of(m, sections, [{}], "tuned", p.search, 0)[0]
+    assert tuned.box.patience == p.search.patience and tuned.probe.epochs == p.search.max_epochs
+    assert run_lare is m.run and run_linear_probe is REGISTRY["linear-probe"].run and run_lads is REGISTRY["lads"].run

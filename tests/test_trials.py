@@ -1,0 +1,228 @@
+"""Batched linear-probe trials (lare.trials): N trials in one model equal N separate runs and torch's AdamW."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lare.probe import metrics
+from lare.train import batches, seeded_init
+from lare.trials import BatchedBoxSampler, FixedBatchedAugment, batched_metrics, train_probe_trials
+from lare.utils import make_generator
+
+C, D = 5, 16
+CPU = torch.device("cpu")
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def gaussian_classes(n_per_class: int, seed: int, noise: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping Gaussian classes around fixed means: validation accuracy keeps moving for a while."""
+    mu = torch.randn(C, D, generator=make_generator(1234))
+    y = torch.arange(C).repeat_interleave(n_per_class)
+    return mu[y] + noise * torch.randn(len(y), D, generator=make_generator(seed)), y
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = gaussian_classes(30, seed=0)
+    vx, vy = gaussian_classes(20, seed=1)
+    return x, y, vx, vy
+
+
+def run(data, lr, wd, seeds, **kw):
+    x, y, vx, vy = data
+    kw = {"max_epochs": 25, "patience": 6, "batch_size": 32, "device": "cpu", **kw}
+    return train_probe_trials(x, y, C, lr=torch.tensor(lr), weight_decay=torch.tensor(wd), seeds=seeds, val_x=vx, val_y=vy, **kw)
+
+
+# Four trials that stop at different times, by patience and by the budget.
+LR, WD, SEEDS = [1e-3, 1e-2, 3e-2, 1e-1], [0.0, 0.05, 0.5, 0.01], [0, 1, 2, 3]
+
+
+def augmenter(kind: str | None, x: torch.Tensor, y: torch.Tensor, trials: list[int]):
+    """The same per-trial augmentation, restricted to ``trials`` (for the one-by-one runs)."""
+    if kind is None:
+        return None
+    if kind == "box":
+        radius = 0.1 * (1 + torch.arange(4.0)).view(4, 1, 1)  # boxes differ between trials
+        return BatchedBoxSampler((x - radius)[trials], (x + radius)[trials], y, k=2, renormalize=False)
+    ax = x + 0.5 * torch.randn(4, *x.shape, generator=make_generator(7))
+    return FixedBatchedAugment(ax[trials], y.expand(4, -1)[trials])
+
+
+@pytest.mark.parametrize("kind", [None, "box", "fixed"])
+def test_batched_trials_equal_one_by_one(data, kind):
+    x, y, vx, vy = data
+    together = run(data, LR, WD, SEEDS, augment=augmenter(kind, x, y, [0, 1, 2, 3]))
+    assert set(together.stopped_by) == {"patience", "budget"}  # both ways of stopping are exercised
+    for i in range(4):
+        alone = run(data, LR[i:i + 1], WD[i:i + 1], SEEDS[i:i + 1], augment=augmenter(kind, x, y, [i]))
+        assert together.best_epoch[i] == alone.best_epoch[0]
+        assert together.epochs[i] == alone.epochs[0]
+        assert together.steps[i] == alone.steps[0]
+        assert together.stopped_by[i] == alone.stopped_by[0]
+        assert together.best_score[i] == pytest.approx(alone.best_score[0], abs=1e-9)
+        torch.testing.assert_close(together.weight[i], alone.weight[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(together.bias[i], alone.bias[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(together.last_weight[i], alone.last_weight[0], atol=2e-5, rtol=1e-4)
+        assert together.evaluate(vx, vy)[i] == pytest.approx(alone.evaluate(vx, vy)[0], abs=1e-6)
+        e = together.epochs[i]
+        torch.testing.assert_close(together.history["train_loss"][:e, i], alone.history["train_loss"][:e, 0], atol=1e-5, rtol=1e-5)
+        assert torch.isnan(together.history["train_loss"][e:, i]).all()  # nothing recorded once stopped
+
+
+def reference_loop(x, y, vx, vy, *, lr, wd, seed, epochs, batch_size, boxes=None, k=1):
+    """Today's probe written plainly: nn.Linear + torch.optim.AdamW, the same permutation and sampling generators."""
+    model = seeded_init(lambda: nn.Linear(D, C), seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=False, foreach=False)
+    order, sample = make_generator(seed, "cpu"), make_generator(seed + 1, "cpu")
+    states, losses, scores = [], [], []
+    for _ in range(epochs):
+        ex, ey = x, y
+        if boxes is not None:
+            lower, upper = boxes
+            u = torch.rand((len(x), k, D), generator=sample)
+            s = F.normalize((lower.unsqueeze(1) + u * (upper - lower).unsqueeze(1)).reshape(-1, D), dim=-1)
+            ex, ey = torch.cat([x, s]), torch.cat([y, y.repeat_interleave(k)])
+        total = 0.0
+        for idx in batches(len(ex), batch_size, order, CPU):
+            loss = F.cross_entropy(model(ex[idx]), ey[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(ex))
+        states.append((model.weight.detach().clone(), model.bias.detach().clone()))
+        with torch.no_grad():
+            scores.append(metrics(model(vx).argmax(-1), vy, C)["balanced_acc"])
+    return states, losses, scores
+
+
+@pytest.mark.parametrize("with_boxes", [False, True])
+def test_single_trial_matches_torch_adamw(data, with_boxes):
+    x, y, vx, vy = data
+    lr, wd, seed, epochs, bs = 2e-2, 0.1, 5, 5, 16
+    boxes = (x - 0.2, x + 0.2) if with_boxes else None
+    augment = BatchedBoxSampler(boxes[0][None], boxes[1][None], y, k=2) if with_boxes else None
+    res = run(data, [lr], [wd], [seed], max_epochs=epochs, patience=100, batch_size=bs, augment=augment)
+    states, losses, scores = reference_loop(x, y, vx, vy, lr=lr, wd=wd, seed=seed, epochs=epochs, batch_size=bs,
+                                            boxes=boxes, k=2)
+    assert res.stopped_by == ["budget"] and res.epochs == [epochs]
+    assert res.steps == [epochs * math.ceil(len(x) * (3 if with_boxes else 1) / bs)]
+    torch.testing.assert_close(res.last_weight[0].T, states[-1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.last_bias[0], states[-1][1], atol=1e-5, rtol=1e-5)
+    rounded = [round(v, 4) for v in scores]  # float32 metrics: equal accuracies may differ in the last bits
+    best = rounded.index(max(rounded))  # the first best epoch
+    assert res.best_epoch == [best]
+    torch.testing.assert_close(res.trial(0).weight.detach(), states[best][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.history["train_loss"][:, 0], torch.tensor(losses, dtype=torch.float64), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.history["val_balanced_acc"][:, 0], torch.tensor(scores, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_trial_that_cannot_improve_stops_by_patience(data):
+    res = run(data, [1e-12], [0.0], [0], patience=3, max_epochs=20)
+    assert res.stopped_by == ["patience"]
+    assert res.best_epoch == [0] and res.epochs == [4]  # epochs 1, 2, 3 did not improve on epoch 0
+
+
+def test_patience_beyond_the_budget_stops_by_budget(data):
+    res = run(data, [1e-12], [0.0], [0], patience=50, max_epochs=6)
+    assert res.stopped_by == ["budget"] and res.epochs == [6] and res.max_epochs == 6
+
+
+def test_min_steps_delays_early_stopping(data):
+    # 150 items in batches of 50: 3 steps per epoch; at least 20 steps means 7 epochs
+    res = run(data, [1e-12], [0.0], [0], patience=2, max_epochs=10, batch_size=50, min_steps=20)
+    assert res.stopped_by == ["patience"] and res.epochs == [7] and res.steps == [21]
+
+
+def test_stopped_trial_is_frozen_while_others_train(data):
+    # trial 0 moves a lot per step (large lr and weight decay) and stops early; trial 1 trains on
+    lr, wd = [0.3, 1e-3], [0.5, 0.0]
+    both = run(data, lr, wd, [0, 1], patience=2, max_epochs=40)
+    alone = run(data, lr[:1], wd[:1], [0], patience=2, max_epochs=40)
+    assert both.stopped_by[0] == "patience" and both.epochs[0] < both.epochs[1]
+    assert both.epochs[0] == alone.epochs[0]
+    torch.testing.assert_close(both.last_weight[0], alone.last_weight[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(both.last_bias[0], alone.last_bias[0], atol=2e-5, rtol=1e-4)
+    # had it gone on, its weights would have moved far: the check above can fail
+    longer = run(data, lr[:1], wd[:1], [0], patience=100, max_epochs=both.epochs[1])
+    assert (longer.last_weight[0] - alone.last_weight[0]).abs().max() > 1e-2
+
+
+def test_predict_evaluate_and_trial_agree(data):
+    _, _, vx, vy = data
+    res = run(data, LR, WD, SEEDS)
+    pred = res.predict(vx)
+    assert pred.shape == (4, len(vx))
+    for i, m in enumerate(res.evaluate(vx, vy)):
+        model = res.trial(i)
+        assert isinstance(model, nn.Linear) and model.weight.shape == (C, D)
+        assert torch.equal(model(vx).argmax(-1), pred[i])
+        assert m == metrics(pred[i], vy, C)
+        assert m[res.select] == pytest.approx(res.best_score[i], abs=1e-4)  # the best weights are the ones kept
+    assert res.best_score[res.best_trial()] == max(res.best_score)
+
+
+def test_batched_metrics_equal_probe_metrics():
+    g = make_generator(3)
+    labels = torch.randint(0, 6, (40,), generator=g)
+    labels[labels == 4] = 5  # an absent class must not count in the balanced accuracy
+    pred = torch.randint(0, 6, (3, 40), generator=g)
+    pred[0] = labels  # one perfect row
+    got = batched_metrics(pred, labels, 6)
+    for i in range(3):
+        want = metrics(pred[i], labels, 6)
+        assert got["top1"][i].item() == pytest.approx(want["top1"], abs=1e-4)
+        assert got["balanced_acc"][i].item() == pytest.approx(want["balanced_acc"], abs=1e-4)
+    assert got["balanced_acc"][0].item() == 100.0
+
+
+def test_box_sampler_draws_inside_each_trials_boxes():
+    lower = torch.randn(3, 4, D, generator=make_generator(0))
+    upper = lower + torch.rand(3, 4, D, generator=make_generator(1))
+    labels = torch.tensor([0, 1, 2, 3])
+    sampler = BatchedBoxSampler(lower, upper, labels, k=5, renormalize=False)
+    gens = [make_generator(s) for s in (10, 11, 12)]
+    s, sy = sampler(0, gens)
+    assert s.shape == (3, 20, D) and sy.shape == (3, 20) and sampler.size == 20
+    assert torch.equal(sy[1], labels.repeat_interleave(5))
+    box = lambda t: t.repeat_interleave(5, dim=1)  # noqa: E731
+    assert ((s >= box(lower)) & (s <= box(upper))).all()
+    # trial 2 drew from its own generator only
+    alone, _ = BatchedBoxSampler(lower[2:], upper[2:], labels, k=5, renormalize=False)(0, [make_generator(12)])
+    assert torch.equal(alone[0], s[2])
+    unit, _ = BatchedBoxSampler(lower, upper, labels, k=2)(0, gens)
+    torch.testing.assert_close(unit.norm(dim=-1), torch.ones(3, 8))
+
+
+@pytest.mark.parametrize("change", [
+    {"lr": torch.tensor([1e-2])},                  # N mismatch with seeds
+    {"weight_decay": torch.tensor([0.0, 0.0, 0.0])},
+    {"lr": torch.tensor([1e-2, -1.0])},
+    {"lr": [1e-2, 1e-2]},                          # not a tensor
+    {"seeds": [0, 1.5]},
+    {"patience": 0},
+    {"select": "f1"},
+    {"max_epochs": 0},
+    {"batch_size": -1},
+    {"l2": torch.tensor([1e-3])},
+    {"train_x": torch.zeros(150, D, 1)},
+    {"train_y": torch.zeros(149, dtype=torch.long)},
+    {"val_x": torch.zeros(100, D + 1)},
+    {"val_y": torch.full((100,), C)},               # label out of range
+    {"augment": BatchedBoxSampler(torch.zeros(3, 150, D), torch.ones(3, 150, D), torch.zeros(150, dtype=torch.long))},
+])
+def test_bad_inputs_raise(data, change):
+    x, y, vx, vy = data
+    kw = {"train_x": x, "train_y": y, "lr": torch.tensor([1e-2, 1e-2]), "weight_decay": torch.tensor([0.0, 0.0]),
+          "seeds": [0, 1], "val_x": vx, "val_y": vy, "max_epochs": 2, "device": "cpu", **change}
+    train_x, train_y = kw.pop("train_x"), kw.pop("train_y")
+    with pytest.raises(ValueError):
+        train_probe_trials(train_x, train_y, C, **kw)
