@@ -162,7 +162,7 @@ def test_paper_profile_runs_every_notebook_and_writes_table1_and_figure3(paper_r
     executed = sorted(p.stem for p in (run / "notebooks").glob("*.ipynb"))
     assert executed == sorted([f"{nb}__{ds}" for nb in ("01_extract_embeddings", "02_train_boxes", "03_probe_lare",
                                                         "04_baselines") for ds in ("cifar100", "cub")]
-                              + ["05_table1", "06_figure3"])
+                              + ["05_table1", "06_figure3", "07_sensitivity"])
 
     table = pd.read_csv(fig / "table1.csv")
     assert set(PAPER_TABLE1) <= set(table["method"])

@@ -559,7 +559,8 @@ def demo_twice(tmp_path_factory):
                       "-p", "search.trials", "2", "-p", "run_dir", str(root / name),
                       "-p", "cache_dir", str(root / f"cache_{name}"), "-p", "figures_root", str(root / f"f{name}")]
                for name in ("a", "b")}
-    procs = {name: subprocess.Popen(["bash", str(ROOT / "run_all.sh"), *opts], cwd=ROOT, env=_env(),
+    # one thread each: the two runs share the machine, and two 2-thread kernels on 2 cores thrash
+    procs = {name: subprocess.Popen(["bash", str(ROOT / "run_all.sh"), *opts], cwd=ROOT, env={**_env(), "OMP_NUM_THREADS": "1"},
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, opts in options.items()}
     outs = {name: p.communicate(timeout=900)[0] for name, p in procs.items()}
