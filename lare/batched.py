@@ -45,14 +45,16 @@ class StackedMLP(nn.Module):
             x = x.expand(self.w1.shape[0], *x.shape)
         return torch.baddbmm(self.b2, self.act(torch.baddbmm(self.b1, x, self.w1)), self.w2)
 
-    def unstack(self, i: int, net: nn.Sequential) -> nn.Sequential:
-        """Trial ``i``'s weights copied into ``net`` (the single network's layout)."""
-        with torch.no_grad():
-            net[0].weight.copy_(self.w1[i].T)
-            net[0].bias.copy_(self.b1[i, 0])
-            net[2].weight.copy_(self.w2[i].T)
-            net[2].bias.copy_(self.b2[i, 0])
-        return net
+
+@torch.no_grad()
+def load_trial(net: nn.Sequential, state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """One trial's slice of a :class:`StackedMLP` state (``w1``, ``b1``, ``w2``, ``b2``) copied into
+    ``net``, the single network's layout."""
+    net[0].weight.copy_(state["w1"].T)
+    net[0].bias.copy_(state["b1"][0])
+    net[2].weight.copy_(state["w2"].T)
+    net[2].bias.copy_(state["b2"][0])
+    return net
 
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -134,21 +136,17 @@ def minimise_trials(model: StackedMLP, terms, x, y, *, val, cfg, n: int) -> tupl
     return states, best_epoch, stopped, history
 
 
+def differing(configs: list, varying: set[str]) -> list[str]:
+    """The fields besides ``varying`` in which the configs (dataclasses) differ from the first."""
+    base = dataclasses.asdict(configs[0])
+    return sorted({k for c in configs[1:] for k, v in dataclasses.asdict(c).items() if k not in varying and v != base[k]})
+
+
 def _check_shared(configs: list, varying: set[str]) -> None:
     if not configs:
         raise ValueError("no trials given")
-    base = {k: v for k, v in dataclasses.asdict(configs[0]).items() if k not in varying}
-    for c in configs[1:]:
-        other = {k: v for k, v in dataclasses.asdict(c).items() if k not in varying}
-        if other != base:
-            diff = sorted(k for k in base if base[k] != other[k])
-            raise ValueError(f"batched trials may differ only in {sorted(varying)}; these differ too: {diff}")
-
-
-def _load_trial(model: StackedMLP, state: dict, i_net: nn.Sequential) -> nn.Sequential:
-    tmp = StackedMLP([i_net], model.act)
-    tmp.load_state_dict({k: v.unsqueeze(0) for k, v in state.items()})
-    return tmp.unstack(0, i_net)
+    if diff := differing(configs, varying):
+        raise ValueError(f"batched trials may differ only in {sorted(varying)}; these differ too: {diff}")
 
 
 def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, val_x=None, val_y=None,
@@ -169,7 +167,7 @@ def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, 
         cfg=cfg, n=len(configs))
     out = []
     for i, c in enumerate(configs):
-        _load_trial(model, states[i], single[i].net)
+        load_trial(single[i].net, states[i])
         out.append(BoxTrainResult(single[i].to(dev).eval(), c, best[i], hist[i], stopped[i]))
     return out
 
@@ -203,6 +201,6 @@ def train_lads_trials(train_x, train_y, source_text, target_text, configs: list[
     states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=cfg, n=len(configs))
     out = []
     for i, c in enumerate(configs):
-        _load_trial(model, states[i], single[i].net)
+        load_trial(single[i].net, states[i])
         out.append(LADSResult(single[i].to(dev).eval(), c, best[i], hist[i], stopped[i]))
     return out

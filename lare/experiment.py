@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .box import BoxTrainResult, load_box, save_box, train_box
 from .hparams import HPARAMS
-from .methods import REGISTRY, Method, get
+from .methods import REGISTRY, VALIDATION, Method, get
 from .params import RunParams
 from .plots import figure3, save_figure, sensitivity
 from .results import (
@@ -40,11 +40,10 @@ from .runfolder import (
     check_shots,
     encoder_splits,
     load_encoder_data,
-    read_index,
     results_path,
     split_path,
 )
-from .search import VALIDATION, configs_of, protocol_sections, run_trials, select, trials_of
+from .search import configs_of, protocol_sections, run_trials, select, trials_of
 from .utils import hash_config
 
 ROW_COLUMNS = ["method", "encoder", "domain", "shots", "seed", "top1", "balanced_acc"]
@@ -84,6 +83,11 @@ def box_key(p: RunParams, data: EncoderData, shots: int, seed: int) -> str:
     return hash_config({"box": box.to_dict(), "val_fraction": p.val_fraction, "index": data.index, "split": split})
 
 
+def saved_box_key(path: Path) -> str | None:
+    """The key a saved f_Box was trained with (None: no checkpoint there)."""
+    return json.loads(path.with_suffix(".json").read_text()).get("config_hash") if path.is_file() else None
+
+
 def train_boxes(p: RunParams) -> list[Path]:
     """Notebook 02: one f_Box per (LARE encoder, shots, seed); returns the checkpoint paths."""
     encoders = p.encoders_for(get("lare").encoders_param)
@@ -93,7 +97,7 @@ def train_boxes(p: RunParams) -> list[Path]:
         s = unit_splits(p, enc, k, seed)
         path = box_path(p.run_path, p.dataset, enc, k, seed)
         want = box_key(p, load_encoder_data(p.run_path, p.dataset, enc), k, seed)
-        if path.is_file() and json.loads(path.with_suffix(".json").read_text()).get("config_hash") == want:
+        if saved_box_key(path) == want:
             done.append(path)
             continue
         res = train_box(s.train_x, s.train_y, s.class_text, unit_box_config(p, seed), val_x=s.val_x,
@@ -111,15 +115,16 @@ def trained_boxes(p: RunParams, encoder: str, shots: int, seed: int) -> BoxTrain
         raise FileNotFoundError(f"no f_Box at {path}: run notebook 02 (02_train_boxes) with the same encoders, "
                                 "shots and seeds")
     want = box_key(p, load_encoder_data(p.run_path, p.dataset, encoder), shots, seed)
-    if json.loads(path.with_suffix(".json").read_text()).get("config_hash") != want:
+    if saved_box_key(path) != want:
         raise ValueError(f"the f_Box at {path} was trained with other settings, embeddings or split than this run's: "
                          "run notebook 02 (02_train_boxes) again with these parameters")
     return load_box(path, p.torch_device)
 
 
 # ---------------------------------------------------------------- methods x units
-def method_params(m: Method, p: RunParams, encoder: str) -> dict:
-    """What a result row records (and hashes): the method's settings, the protocol, the embeddings."""
+def method_params(m: Method, p: RunParams, embeddings: dict) -> dict:
+    """What a result row records (and hashes): the method's settings, the protocol, the embeddings
+    (``embeddings``: the ``info`` of the encoder's index)."""
     params = {k: _strip_seed(dataclasses.asdict(getattr(p, k))) for k in m.sections}
     params["protocol"] = p.protocol
     if m.config is not None:
@@ -127,7 +132,7 @@ def method_params(m: Method, p: RunParams, encoder: str) -> dict:
         if p.protocol == "tuned" and HPARAMS.get(m.name):
             params["search"] = p.search.to_dict()
             params["space"] = {name: space.describe() for name, space in HPARAMS[m.name].items()}
-    params["embeddings"] = read_index(p.run_path, p.dataset, encoder)["info"]
+    params["embeddings"] = embeddings
     return params
 
 
@@ -144,7 +149,7 @@ def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
         for m in chosen:
             if enc not in p.encoders_for(m.encoders_param) or not m.applies(data.extra_text, k):
                 continue
-            params = method_params(m, p, enc)
+            params = method_params(m, p, data.index["info"])
             key = {"method": m.name, "encoder": enc, "dataset": p.dataset, "shots": k, "seed": seed}
             if has_result(results, **key, params=params):
                 continue
@@ -159,7 +164,7 @@ def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
 def search_unit(m: Method, splits, p: RunParams, sections: dict, seed: int) -> dict:
     """One method on one unit under the run's protocol: every trial, the one chosen on the validation
     split, and what the row records of the choice (every trial's settings and scores included)."""
-    trials = trials_of(m, sections, p.protocol, p.search)
+    trials = trials_of(m, p.protocol, p.search)
     results = run_trials(m, splits, configs_of(m, sections, trials, p.protocol, p.search, seed), p.torch_device)
     best = select(results, p.probe.select)
     chosen = results[best]
@@ -210,12 +215,12 @@ def make_table1(p: RunParams) -> dict[str, Path]:
 def lare_trials(p: RunParams, dataset: str) -> pd.DataFrame:
     """Every LARE trial of the search on ``dataset`` (full training set): its settings, its mean box
     log-width and its accuracy per domain, one row per (encoder, seed, trial, domain)."""
+    defaults = {k: dataclasses.asdict(getattr(p, k.split(".")[0]))[k.split(".")[1]] for k in HPARAMS["lare"]}
     out = []
     for r in read_rows(results_path(p.run_path)):
         if r["method"] != "lare" or r["dataset"] != dataset or r["shots"] != 0 or len(r.get("trials") or []) < 2:
             continue
         for i, t in enumerate(r["trials"]):
-            defaults = {k: dataclasses.asdict(getattr(p, k.split(".")[0]))[k.split(".")[1]] for k in HPARAMS["lare"]}
             settings = {**defaults, **t["settings"]}
             out.append({"encoder": r["encoder"], "seed": r["seed"], "trial": i, "domain": r["domain"],
                         "top1": t[r["domain"]]["top1"], "log_width": t.get("boxes", {}).get("log_width"),

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .batched import train_box_trials, train_lads_trials
+from .batched import differing, train_box_trials, train_lads_trials
 from .box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
 from .lads import LADSConfig, train_lads
 from .probe import FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
@@ -31,6 +31,7 @@ from .reference import DEFAULT_L2_GRID, reference_probe
 from .trials import BatchedBoxSampler, FixedBatchedAugment, train_probe_trials
 
 Metrics = dict[str, dict[str, float]]
+VALIDATION = "validation"  # the metrics' key for the validation split, on which a search selects
 DOMAIN_PROMPTS = ("photo", "painting")  # the source and target domain descriptions LADS reads
 
 
@@ -64,7 +65,7 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], splits: EmbeddingS
     """Metrics per evaluation domain, and on the validation split (what a search may select on)."""
     out = {name: metrics(predict(x), y, splits.num_classes) for name, (x, y) in splits.evals.items()}
     if len(splits.val_y):
-        out["validation"] = metrics(predict(splits.val_x), splits.val_y, splits.num_classes)
+        out[VALIDATION] = metrics(predict(splits.val_x), splits.val_y, splits.num_classes)
     return out
 
 
@@ -175,16 +176,13 @@ def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, au
                              max_epochs=p.epochs, patience=p.patience, batch_size=p.batch_size,
                              select=p.select, augment=augment, min_steps=p.min_steps, device=device)
     per_domain = {name: res.evaluate(x, y) for name, (x, y) in splits.evals.items()}
-    per_domain["validation"] = res.evaluate(splits.val_x, splits.val_y)
+    per_domain[VALIDATION] = res.evaluate(splits.val_x, splits.val_y)
     return [{name: v[i] for name, v in per_domain.items()} for i in range(len(probes))]
 
 
 def _batchable(probes: list[ProbeConfig]) -> bool:
     """The batched probe covers fp32 trials that differ only in lr, weight decay and l2, with early stopping."""
-    def rest(c):
-        return {k: v for k, v in dataclasses.asdict(c).items() if k not in ("lr", "weight_decay", "l2")}
-
-    return probes[0].precision == "fp32" and probes[0].patience > 0 and all(rest(c) == rest(probes[0]) for c in probes)
+    return probes[0].precision == "fp32" and probes[0].patience > 0 and not differing(probes, {"lr", "weight_decay", "l2"})
 
 
 def _groups(configs: list, key) -> dict:

@@ -106,19 +106,18 @@ def aggregate(rows: list[dict]) -> pd.DataFrame:
                                balanced_acc_mean=("balanced_acc", "mean"), balanced_acc_std=("balanced_acc", "std"),
                                config_hash=("config_hash", "first")).reset_index()
     agg = agg.fillna({"top1_std": 0.0, "balanced_acc_std": 0.0})
-    protocol = {k: (g["params"].iloc[0] or {}).get("protocol", "") if "params" in g else "" for k, g in df.groupby(cell)}
-    selected = {k: json.dumps({int(r.seed): r.selected for r in g.itertuples()}, sort_keys=True)
-                if "selected" in g and g["selected"].notna().all() else "" for k, g in df.groupby(cell)}
-    keys = list(agg[cell].itertuples(index=False, name=None))
-    agg["protocol"] = [protocol[k] for k in keys]
-    agg["selected"] = [selected[k] for k in keys]
     probe = {tuple(r[c] for c in [*cell[1:], "seed"]): r["top1"] for r in rows if r["method"] == PROBE_METHOD}
-    deltas = []
-    for k in keys:
-        g = df[(df[cell] == pd.Series(k, index=cell)).all(axis=1)]
+    extra = {}  # per cell: protocol, settings selected per seed, paired difference from the probe
+    for k, g in df.groupby(cell):
+        protocol = (g["params"].iloc[0] or {}).get("protocol", "") if "params" in g else ""
+        chosen = "selected" in g and g["selected"].notna().all()
+        selected = json.dumps({int(r.seed): r.selected for r in g.itertuples()}, sort_keys=True) if chosen else ""
         diffs = [t - probe[(*k[1:], s)] for t, s in zip(g["top1"], g["seed"], strict=True) if (*k[1:], s) in probe]
-        deltas.append(paired_interval(diffs))
-    agg["delta_probe_mean"], agg["delta_probe_low"], agg["delta_probe_high"] = zip(*deltas, strict=True) if deltas else ((), (), ())
+        extra[k] = (protocol, selected, *paired_interval(diffs))
+    columns = ("protocol", "selected", "delta_probe_mean", "delta_probe_low", "delta_probe_high")
+    values = [extra[k] for k in agg[cell].itertuples(index=False, name=None)]
+    for n, col in enumerate(columns):
+        agg[col] = [v[n] for v in values]
     return agg
 
 

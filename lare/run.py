@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .utils import hash_config, sha256_file, write_json_atomic
 PER_DATASET = ("01_extract_embeddings", "02_train_boxes", "03_probe_lare", "04_baselines")
 PER_PROFILE = ("05_table1", "06_figure3", "07_sensitivity")
 KERNEL = "python3"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in IPython's tracebacks
 
 USAGE_EXAMPLES = """\
 A step is skipped when its executed notebook exists and its stamp (runs/<profile>/stamps/) matches
@@ -125,27 +127,13 @@ def failure_report(step: Step, profile: str, out: Path, log: Path, err: Exceptio
         lines.append(f"  error:   {err.ename}: {err.evalue}")
         lines.append(f"  in cell {err.cell_index} of the executed copy" + (f" (In [{err.exec_count}])" if err.exec_count else "") + ":")
         lines += ["    | " + s for s in src[:8]] + ([f"    | ... ({len(src) - 8} more lines)"] if len(src) > 8 else [])
-        tb = [t for t in _strip_ansi("\n".join(err.traceback)).splitlines() if t.strip() and set(t.strip()) - {"-"}]
+        tb = [t for t in ANSI.sub("", "\n".join(err.traceback)).splitlines() if t.strip() and set(t.strip()) - {"-"}]
         if tb:
             lines += ["  traceback (last lines):"] + ["    " + t for t in tb[-12:]]
     else:
         lines.append(f"  error:   {type(err).__name__}: {err}")
     lines += ["", "Fix the problem and run the same command again: finished steps are skipped."]
     return "\n".join(lines)
-
-
-def _strip_ansi(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\x1b" and i + 1 < len(text) and text[i + 1] == "[":
-            j = i + 2
-            while j < len(text) and not text[j].isalpha():
-                j += 1
-            i = j + 1
-            continue
-        out.append(text[i])
-        i += 1
-    return "".join(out)
 
 
 @contextlib.contextmanager

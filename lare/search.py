@@ -17,12 +17,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from .hparams import trial_settings
-from .methods import Method, Metrics
+from .methods import VALIDATION, Method, Metrics
 from .train import is_int
 
 PROTOCOLS = ("tuned", "fixed")
 TRAINERS = ("box", "probe", "lads")  # the sections that train (and so take the search's patience and budget)
-VALIDATION = "validation"
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def protocol_sections(sections: dict, protocol: str, search: SearchConfig) -> di
             for k, v in sections.items()}
 
 
-def trials_of(m: Method, sections: dict, protocol: str, search: SearchConfig) -> list[dict]:
+def trials_of(m: Method, protocol: str, search: SearchConfig) -> list[dict]:
     """Each trial's settings for method ``m`` (fixed: the one default trial)."""
     return trial_settings(m.name, search.trials, search.seed) if protocol == "tuned" else [{}]
 

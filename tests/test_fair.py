@@ -101,7 +101,7 @@ def test_batched_trials_equal_the_same_trials_one_by_one(world, method, items):
     m = REGISTRY[method]
     s = experiment.unit_splits(p, "coca", 0, 1)
     sections = {k: getattr(p, k) for k in m.sections}
-    trials = trials_of(m, sections, p.protocol, p.search)
+    trials = trials_of(m, p.protocol, p.search)
     configs = configs_of(m, sections, trials, p.protocol, p.search, 1)
     batched = m.run_trials(s, configs, "cpu")
     alone = [m.run(s, c, "cpu") for c in configs]
@@ -170,7 +170,7 @@ def test_fixed_protocol_runs_one_recipe(world):
     p = params(world, protocol="fixed")
     m = REGISTRY["lare"]
     sections = {k: getattr(p, k) for k in m.sections}
-    (cfg,) = configs_of(m, sections, trials_of(m, sections, p.protocol, p.search), p.protocol, p.search, 0)
+    (cfg,) = configs_of(m, sections, trials_of(m, p.protocol, p.search), p.protocol, p.search, 0)
     assert cfg.probe == dataclasses.replace(p.probe, seed=0) and cfg.box.patience == 0
     tuned = configs_of(m, sections, [{}], "tuned", p.search, 0)[0]
     assert tuned.box.patience == p.search.patience and tuned.probe.epochs == p.search.max_epochs
