@@ -20,8 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .box import ACTIVATIONS, BoxConfig, BoxNet, BoxTrainResult
-from .lads import LADSAugmenter, LADSConfig, LADSResult, domain_directions, inverse_frequency_weights
-from .losses import corners_of
+from .lads import (
+    LADSAugmenter,
+    LADSConfig,
+    LADSResult,
+    domain_directions,
+    inverse_frequency_weights,
+    lads_class_consistency_loss,
+)
+from .losses import lare_loss_terms_trials
 from .train import LOSS_REL_TOL, EarlyStop, autocast, batches, check_xy, effective_epochs, make_optimizer, seeded_init
 from .utils import make_generator, resolve_device
 
@@ -39,11 +46,14 @@ class StackedMLP(nn.Module):
         self.b2 = nn.Parameter(torch.stack([m.bias.detach() for m in last]).unsqueeze(1).contiguous())
         self.act = activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (b, d) shared by all trials, or (N, b, d); returns (N, b, out)."""
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: (b, d) shared by the trials, or (n, b, d); returns (n, b, out). ``rows``: the trials to
+        run (None: all), so trials that have stopped cost nothing."""
+        w1, b1, w2, b2 = (self.w1, self.b1, self.w2, self.b2) if rows is None else \
+            (p[rows] for p in (self.w1, self.b1, self.w2, self.b2))
         if x.dim() == 2:
-            x = x.expand(self.w1.shape[0], *x.shape)
-        return torch.baddbmm(self.b2, self.act(torch.baddbmm(self.b1, x, self.w1)), self.w2)
+            x = x.expand(w1.shape[0], *x.shape)
+        return torch.baddbmm(b2, self.act(torch.baddbmm(b1, x, w1)), w2)
 
 
 @torch.no_grad()
@@ -57,37 +67,19 @@ def load_trial(net: nn.Sequential, state: dict[str, torch.Tensor]) -> nn.Sequent
     return net
 
 
-def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    return values.mean(-1) if reduction == "mean" else values.sum(-1)
-
-
 def box_terms(out: torch.Tensor, class_text: torch.Tensor, y: torch.Tensor, *, alpha: torch.Tensor,
-              scale: torch.Tensor, cfg: BoxConfig, eps: float = 1e-6) -> dict[str, torch.Tensor]:
-    """Eq. (5) per trial: ``out`` (N, b, 2d), ``alpha`` and ``scale`` (N,); every term (N,).
-    The same terms as :func:`lare.losses.lare_loss_terms` for each trial."""
-    lower, upper = corners_of(out, cfg.corners)
-    if cfg.volume == "dot":
-        bv = (upper * lower).sum(-1)
-    elif cfg.volume == "dot_normalized":
-        bv = (F.normalize(upper, dim=-1) * F.normalize(lower, dim=-1)).sum(-1)
-    else:
-        bv = -torch.log(upper - lower + eps).sum(-1)
-    n, b = out.shape[:2]
-
-    def cc(points):
-        logits = scale.view(-1, 1, 1) * points @ class_text.T
-        return F.cross_entropy(logits.reshape(n * b, -1), y.expand(n, b).reshape(-1), reduction="none").view(n, b)
-
-    t = {"bv": _reduce(bv, cfg.reduction), "cc_plus": _reduce(cc(upper), cfg.reduction),
-         "cc_minus": _reduce(cc(lower), cfg.reduction), "cc_center": _reduce(cc((lower + upper) / 2), cfg.reduction)}
-    a = alpha.to(out.dtype)
-    t["total"] = (1 - a) * t["bv"] + a / 3 * (t["cc_plus"] + t["cc_minus"] + t["cc_center"])
-    return t
+              scale: torch.Tensor, cfg: BoxConfig) -> dict[str, torch.Tensor]:
+    """Eq. (5) per trial: ``out`` (N, b, 2d), ``alpha`` and ``scale`` (N,); every term (N,), trial
+    i's being what :func:`lare.box.train_box` minimises for ``out[i]`` (the same fused loss)."""
+    return lare_loss_terms_trials(out, class_text, y, corners=cfg.corners, alpha=alpha, scale=scale,
+                                  reduction=cfg.reduction, volume=cfg.volume)
 
 
 def minimise_trials(model: StackedMLP, terms, x, y, *, val, cfg, n: int) -> tuple[list[dict], list[int], list[str], list]:
-    """AdamW on the sum of the trials' ``terms(x_b, y_b)["total"]`` (N,); per trial the best epoch by
-    validation total, kept until its patience runs out. Returns (best states, best epochs,
+    """AdamW on the sum of the trials' ``terms(x_b, y_b, rows)["total"]`` (one value per trial in
+    ``rows``, the running trials; None: all); per trial the best epoch by validation total, kept
+    until its patience runs out. A stopped trial is no longer computed (its parameters drift
+    under weight decay, but its best state is already kept). Returns (best states, best epochs,
     stopped_by, histories)."""
     dev = x.device
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, dev)
@@ -99,11 +91,13 @@ def minimise_trials(model: StackedMLP, terms, x, y, *, val, cfg, n: int) -> tupl
     active, steps = [True] * n, 0
     early = [EarlyStop(cfg.patience, cfg.min_steps, rel_tol=LOSS_REL_TOL) for _ in range(n)]
     for epoch in range(epochs):
+        running = [i for i in range(n) if active[i]]
+        rows = None if len(running) == n else torch.tensor(running, device=dev)
         model.train()
         sums = None
         for idx in batches(len(x), cfg.batch_size, gen, dev):
             with autocast(dev, cfg.precision):
-                t = terms(x[idx], y[idx])
+                t = terms(x[idx], y[idx], rows)
             opt.zero_grad(set_to_none=True)
             t["total"].sum().backward()
             opt.step()
@@ -112,15 +106,13 @@ def minimise_trials(model: StackedMLP, terms, x, y, *, val, cfg, n: int) -> tupl
             sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
         model.eval()
         with torch.no_grad(), autocast(dev, cfg.precision):
-            vt = {k: v.float().cpu() for k, v in terms(*val).items()} if val is not None else None
+            vt = {k: v.float().cpu() for k, v in terms(*val, rows).items()} if val is not None else None
         train = {k: (v / len(x)).cpu() for k, v in sums.items()}
-        for i in range(n):
-            if not active[i]:
-                continue
-            row = {"epoch": epoch, **{f"train_{k}": float(v[i]) for k, v in train.items()}}
+        for j, i in enumerate(running):  # j: the trial's place among this epoch's rows
+            row = {"epoch": epoch, **{f"train_{k}": float(v[j]) for k, v in train.items()}}
             score = -epoch
             if vt is not None:
-                row.update({f"val_{k}": float(v[i]) for k, v in vt.items()})
+                row.update({f"val_{k}": float(v[j]) for k, v in vt.items()})
                 score = row["val_total"]
             history[i].append(row)
             if score < best[i]:
@@ -160,11 +152,14 @@ def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, 
     single = [seeded_init(lambda: BoxNet(x.shape[1], cfg.hidden, cfg.activation, cfg.corners), cfg.seed)
               for _ in configs]
     model = StackedMLP([s.net for s in single], ACTIVATIONS[cfg.activation]()).to(dev)
-    alpha = torch.tensor([c.alpha for c in configs], device=dev)
-    scale = torch.tensor([c.scale for c in configs], device=dev)
-    states, best, stopped, hist = minimise_trials(
-        model, lambda bx, by: box_terms(model(bx), t, by, alpha=alpha, scale=scale, cfg=cfg), x, y, val=val,
-        cfg=cfg, n=len(configs))
+    alpha = torch.tensor([c.alpha for c in configs], dtype=torch.float64)
+    scale = torch.tensor([c.scale for c in configs], dtype=torch.float64)
+
+    def terms(bx, by, rows):
+        pick = slice(None) if rows is None else rows.cpu()
+        return box_terms(model(bx, rows), t, by, alpha=alpha[pick], scale=scale[pick], cfg=cfg)
+
+    states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=cfg, n=len(configs))
     out = []
     for i, c in enumerate(configs):
         load_trial(single[i].net, states[i])
@@ -185,18 +180,18 @@ def train_lads_trials(train_x, train_y, source_text, target_text, configs: list[
     val = (val_x.to(dev, torch.float32), val_y.to(dev)) if val_x is not None and len(val_x) else None
     single = [seeded_init(lambda: LADSAugmenter(x.shape[1]), cfg.seed) for _ in configs]
     model = StackedMLP([s.net for s in single], nn.ReLU()).to(dev)
-    w = torch.tensor([c.domain_weight for c in configs], device=dev)
-    src_n = F.normalize(src, dim=-1)
+    # the loss weights formed in float64 and cast once, as train_lads's Python floats are
+    w64 = torch.tensor([c.domain_weight for c in configs], dtype=torch.float64)
+    w_dom, w_cls = w64.to(dev, torch.float32), (1 - w64).to(dev, torch.float32)
 
-    def terms(bx, by):
-        aug = model(bx)  # (N, b, d)
-        n, b = aug.shape[:2]
+    def terms(bx, by, rows):
+        aug = model(bx, rows)  # (N, b, d), N the running trials
+        wd, wc = (w_dom, w_cls) if rows is None else (w_dom[rows], w_cls[rows])
         dom = (1 - F.cosine_similarity(aug - bx, dirs[by], dim=-1)).mean(-1)
-        logits = (F.normalize(aug, dim=-1) @ src_n.T).reshape(n * b, -1)
-        # LADS's class-weighted cross-entropy (the weighted mean over each trial's batch)
-        ce = F.cross_entropy(logits, by.expand(n, b).reshape(-1), weight=weights, reduction="none").view(n, b)
-        cls = ce.sum(-1) / weights[by].sum()
-        return {"domain": dom, "class": cls, "total": w * dom + (1 - w) * cls}
+        # LADS's class-weighted cross-entropy, one call per trial: its weighted mean then sums in
+        # the order train_lads's does, so a trial's numbers are those it gets alone
+        cls = torch.stack([lads_class_consistency_loss(a, src, by, weights) for a in aug])
+        return {"domain": dom, "class": cls, "total": wd * dom + wc * cls}
 
     states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=cfg, n=len(configs))
     out = []

@@ -218,7 +218,7 @@ def train_box(train_x: torch.Tensor, train_y: torch.Tensor, class_text: torch.Te
         model, lambda bx, by: _terms(model, bx, by, t, cfg), x, y, val=(vx, vy) if has_val else None,
         epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, precision=cfg.precision, desc="f_Box", progress=progress, early=early)
+        seed=cfg.seed, precision=cfg.precision, desc="f_Box", progress=progress, early=early, inputs={"class_text": t})
     return BoxTrainResult(model=model, config=cfg, best_epoch=best_epoch, history=history, stopped_by=early.stopped_by)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -201,8 +202,29 @@ def load_encoder(model: str, pretrained: str | None = "none", *, device: str | t
                    weights_id=weights_identity(str(weights)) if weights is not None else "none")
 
 
+class _AskedForRandomWeights(logging.Filter):
+    """open_clip warns that a model without weights is "initialized randomly": with pretrained 'none'
+    that is what was asked for (and recorded), not something to warn about in every notebook."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_weights():
+    root, quiet = logging.getLogger(), _AskedForRandomWeights()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _create(oc, name: str, weights: str | None, dev: torch.device, cache_dir: str | None):
-    if name.startswith("hf-hub:"):
+    if weights is None and not name.startswith("hf-hub:"):
+        with _quiet_random_weights():
+            net, _, preprocess = oc.create_model_and_transforms(name, pretrained=None, device=dev, cache_dir=cache_dir)
+    elif name.startswith("hf-hub:"):
         net, _, preprocess = oc.create_model_and_transforms(name, device=dev, cache_dir=cache_dir)
     elif weights is not None and weights.startswith("hf-hub:"):
         # A hub repository carries its own config; it must be the architecture that was asked for.

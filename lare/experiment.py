@@ -10,16 +10,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .box import BoxTrainResult, load_box, save_box, train_box
 from .hparams import HPARAMS
-from .methods import REGISTRY, VALIDATION, Method, get
+from .methods import REGISTRY, VALIDATION, EmbeddingSplits, Method, get
 from .params import RunParams
 from .plots import figure3, save_figure, sensitivity
 from .results import (
@@ -44,7 +46,8 @@ from .runfolder import (
     split_path,
 )
 from .search import configs_of, protocol_sections, run_trials, select, trials_of
-from .utils import hash_config
+from .train import TrainingDiverged
+from .utils import hash_config, nonfinite
 
 ROW_COLUMNS = ["method", "encoder", "domain", "shots", "seed", "top1", "balanced_acc"]
 
@@ -62,6 +65,49 @@ def unit_splits(p: RunParams, encoder: str, shots: int, seed: int):
     """The :class:`lare.methods.EmbeddingSplits` of one unit (its split drawn once and saved)."""
     data = load_encoder_data(p.run_path, p.dataset, encoder)
     return encoder_splits(data, p.run_path, p.dataset, shots=shots, seed=seed, val_fraction=p.val_fraction)
+
+
+class NonFiniteInputs(ValueError):
+    """A unit whose embeddings or text embeddings hold NaN or infinite values: refused before training."""
+
+
+def unit_label(p: RunParams, method: str, encoder: str, shots: int, seed: int) -> str:
+    return f"{method} on dataset {p.dataset!r}, encoder {encoder!r}, shots {shots}, seed {seed}"
+
+
+def unit_inputs(s: EmbeddingSplits) -> dict[str, torch.Tensor]:
+    """Every tensor the methods read for one unit, by name."""
+    return {"training embeddings": s.train_x, "validation embeddings": s.val_x, "class_text": s.class_text,
+            **{f"{domain} embeddings": x for domain, (x, _) in s.evals.items()},
+            **{f"{k} prompt embeddings": v for k, v in s.extra_text.items()}}
+
+
+def _nonfinite_inputs(s: EmbeddingSplits) -> list[str]:
+    return [m for name, v in unit_inputs(s).items() if (m := nonfinite(name, v))]
+
+
+def check_unit_inputs(label: str, s: EmbeddingSplits) -> None:
+    """Refuse a unit whose inputs are not finite: training on them gives NaN, evaluating them wrong numbers."""
+    if bad := _nonfinite_inputs(s):
+        raise NonFiniteInputs(f"{label}: its inputs hold non-finite values: {'; '.join(bad)}. Nothing was trained: fix "
+                              "them where the embeddings come from (your .npz, which the preflight checks, or the "
+                              "encoder's output) and run notebook 01 again")
+
+
+@contextlib.contextmanager
+def unit_guard(label: str, s: EmbeddingSplits):
+    """A loss or gradient that is not finite during one unit stops with the unit's name and the likely
+    cause: the inputs (named) when they are not finite, else the optimisation itself."""
+    try:
+        yield
+    except TrainingDiverged as err:  # a trainer that already checked its inputs and says why
+        raise TrainingDiverged(f"{label} stopped on a non-finite loss: {err}") from err
+    except FloatingPointError as err:
+        bad = _nonfinite_inputs(s)
+        cause = (f"its inputs hold non-finite values: {'; '.join(bad)}; fix them (the learning rate is not at fault)" if bad
+                 else f"its inputs are finite ({', '.join(unit_inputs(s))}), so the training itself diverged: lower the "
+                      "learning rate (probe.lr, box.lr, lads.lr) or the logit scale (box.scale)")
+        raise TrainingDiverged(f"{label} stopped on a non-finite loss: {err}\n  cause: {cause}") from err
 
 
 def _check_shots(p: RunParams, encoders: list[str]) -> None:
@@ -100,8 +146,11 @@ def train_boxes(p: RunParams) -> list[Path]:
         if saved_box_key(path) == want:
             done.append(path)
             continue
-        res = train_box(s.train_x, s.train_y, s.class_text, unit_box_config(p, seed), val_x=s.val_x,
-                        val_y=s.val_y, device=p.torch_device, progress=False)
+        label = unit_label(p, "f_Box (LARE step 1)", enc, k, seed)
+        check_unit_inputs(label, s)
+        with unit_guard(label, s):
+            res = train_box(s.train_x, s.train_y, s.class_text, unit_box_config(p, seed), val_x=s.val_x,
+                            val_y=s.val_y, device=p.torch_device, progress=False)
         save_box(res, path, extra={"config_hash": want, "encoder": enc, "shots": k, "seed": seed,
                                    "val_fraction": p.val_fraction})
         done.append(path)
@@ -153,9 +202,13 @@ def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
             key = {"method": m.name, "encoder": enc, "dataset": p.dataset, "shots": k, "seed": seed}
             if has_result(results, **key, params=params):
                 continue
-            splits = splits or unit_splits(p, enc, k, seed)
+            if splits is None:
+                splits = unit_splits(p, enc, k, seed)
+                check_unit_inputs(unit_label(p, ", ".join(methods), enc, k, seed), splits)
             s = dataclasses.replace(splits, boxes=trained_boxes(p, enc, k, seed)) if "boxes" in m.needs else splits
-            new = make_rows(**key, params=params, **search_unit(m, s, p, sections, seed))
+            with unit_guard(unit_label(p, m.name, enc, k, seed), s):
+                found = search_unit(m, s, p, sections, seed)
+            new = make_rows(**key, params=params, **found)
             append_rows(results, new)
             rows += new
     return pd.DataFrame(rows)[ROW_COLUMNS] if rows else pd.DataFrame(columns=ROW_COLUMNS)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import byo
 from .cache import save_embeddings
 from .datasets import imagefolder_items, make_toy_images
 from .encoders import load_encoder
@@ -56,59 +57,31 @@ def write_synthetic(run_dir, cache_dir, dataset: str, encoder: str, spec: dict, 
                        extra_text=extra, info={"source": "synthetic", "noise": noise, **base})
 
 
-BYO_REQUIRED = {"embeddings": 2, "labels": 1, "split": 1, "class_names": 1, "class_text": 2}
+def read_byo(path: str | Path, norm: str = "normalize") -> dict[str, np.ndarray]:
+    """Read and check a bring-your-own ``.npz`` (see the README for the layout and :mod:`lare.byo`):
+    its arrays, with vectors of non-unit norm normalised (``norm="normalize"``) or refused."""
+    return byo.read(path, norm).arrays
 
 
-def read_byo(path: str | Path) -> dict[str, np.ndarray]:
-    """Read and check a bring-your-own ``.npz`` (see the README for the layout)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"bring-your-own embeddings file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except ValueError as err:  # object arrays need pickles, which we never load
-        raise ValueError(f"{path}: {err}. Store plain numeric and string arrays (no Python objects); "
-                         "class_names as a string array, e.g. np.array(names, dtype=str)") from err
-    problems = [f"missing array {k!r} ({nd}-D)" for k, nd in BYO_REQUIRED.items() if k not in data]
-    problems += [f"{k!r} must be {nd}-D, got shape {data[k].shape}" for k, nd in BYO_REQUIRED.items()
-                 if k in data and data[k].ndim != nd]
-    if not problems:
-        n, d = data["embeddings"].shape
-        c = len(data["class_names"])
-        if len(data["labels"]) != n or len(data["split"]) != n:
-            problems.append(f"labels and split must have one entry per embedding ({n})")
-        if data["class_text"].shape != (c, d):
-            problems.append(f"class_text must be (num classes, d) = ({c}, {d}), got {data['class_text'].shape}")
-        if not np.issubdtype(data["labels"].dtype, np.integer):
-            problems.append(f"labels must be integers, got dtype {data['labels'].dtype}")
-        elif len(data["labels"]) and (data["labels"].min() < 0 or data["labels"].max() >= c):
-            problems.append(f"labels must lie in [0, {c})")
-        bad = set(map(str, np.unique(data["split"]))) - {"train", "test", "ood"}
-        if bad or "train" not in set(map(str, data["split"])):
-            problems.append(f"split values must be train / test / ood (train required), found {sorted(bad)}")
-        if ("source_text" in data) != ("target_text" in data):
-            problems.append("source_text and target_text (LADS prompts) must be given together")
-        for k in ("source_text", "target_text"):
-            if k in data and data[k].shape != (c, d):
-                problems.append(f"{k} must be ({c}, {d}), got {data[k].shape}")
-    if problems:
-        raise ValueError(f"{path} is not a valid embeddings file:\n  - " + "\n  - ".join(problems))
-    return data
+def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path, *, norm: str = "normalize") -> Path:
+    """Bring your own embeddings: convert a checked ``.npz`` into the cache format and index it.
 
-
-def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path) -> Path:
-    """Bring your own embeddings: convert a checked ``.npz`` into the cache format and index it."""
-    data = read_byo(path)
+    The policy for vectors of non-unit norm (``norm``) and what it normalised (each array's norm
+    range before) are part of the manifests and of the index's ``info``, which every result records."""
+    f = byo.read(path, norm)
+    for note in f.notes:  # what the preflight noted, shown where the file is read too (notebook 01)
+        print(f"{encoder}: {f.path}: {note}")
+    data = f.arrays
     emb = torch.from_numpy(np.ascontiguousarray(data["embeddings"], dtype=np.float32))
     labels = torch.from_numpy(data["labels"].astype(np.int64))
     ids_all = [str(i) for i in data["ids"]] if "ids" in data else [f"{i:07d}" for i in range(len(labels))]
     names = [str(c) for c in data["class_names"]]
-    base = {"format": 1, "model": f"byo-{encoder}", "source_file": str(Path(path).resolve())}
+    base = {"format": 1, "model": f"byo-{encoder}", "source_file": str(Path(path).resolve()), "byo_norm": norm,
+            "normalized": f.normalized}
     cache_dir = Path(cache_dir)
     splits = {}
     for split in ("train", "test", "ood"):
-        mask = np.asarray([str(s) == split for s in data["split"]])
+        mask = data["split"] == split
         if not mask.any():
             continue
         ids = [i for i, m in zip(ids_all, mask, strict=True) if m]
@@ -173,7 +146,7 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
         return write_synthetic(run_dir, p.cache_path, dataset, name, p.synthetic, noise=float(enc["noise"]),
                                with_domains=p.with_domains)
     if p.source == "byo":
-        return write_byo(run_dir, p.cache_path, dataset, name, resolve(p.byo[name]))
+        return write_byo(run_dir, p.cache_path, dataset, name, resolve(p.byo[name]), norm=p.byo_norm)
     data_root = p.data_path
     rank, world = dist_rank_world()
     if world > 1:  # under torchrun: rank 0 downloads / extracts / generates first, alone

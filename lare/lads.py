@@ -133,5 +133,5 @@ def train_lads(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.
         epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
         batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=cfg.seed, precision=cfg.precision, desc="LADS", progress=progress,
-        early=early)
+        early=early, inputs={"source_text": src, "target_text": target_text})
     return LADSResult(model=model, config=cfg, best_epoch=best_epoch, history=history, stopped_by=early.stopped_by)

@@ -65,9 +65,14 @@ def lare_loss_terms(lower: torch.Tensor, upper: torch.Tensor, class_text: torch.
     return _with_total(bv, cc_plus, cc_minus, cc_center, alpha)
 
 
-def _with_total(bv, cc_plus, cc_minus, cc_center, alpha: float) -> dict[str, torch.Tensor]:
-    """Eq. (5) (typo fixed) from its four terms."""
-    total = (1 - alpha) * bv + alpha / 3 * cc_plus + alpha / 3 * cc_minus + alpha / 3 * cc_center
+def _with_total(bv, cc_plus, cc_minus, cc_center, alpha) -> dict[str, torch.Tensor]:
+    """Eq. (5) (typo fixed) from its four terms. ``alpha``: a float, or one value per trial (a tensor
+    matching the terms), whose weights are formed in float64 as Python forms a float's."""
+    w_bv, w_cc = 1 - alpha, alpha / 3
+    if isinstance(alpha, torch.Tensor):
+        a = alpha.to(torch.float64)
+        w_bv, w_cc = (1 - a).to(bv.dtype), (a / 3).to(bv.dtype)
+    total = w_bv * bv + w_cc * cc_plus + w_cc * cc_minus + w_cc * cc_center
     return {"bv": bv, "cc_plus": cc_plus, "cc_minus": cc_minus, "cc_center": cc_center, "total": total}
 
 
@@ -109,6 +114,15 @@ def corners_of(out: torch.Tensor, corners: str) -> tuple[torch.Tensor, torch.Ten
     raise ValueError(f"corners must be one of {CORNER_FORMS}, got {corners!r}")
 
 
+def _check_forms(corners: str, volume: str, reduction: str) -> None:
+    if corners not in CORNER_FORMS:
+        raise ValueError(f"corners must be one of {CORNER_FORMS}, got {corners!r}")
+    if volume not in VOLUME_FORMS:
+        raise ValueError(f"volume form must be one of {VOLUME_FORMS}, got {volume!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
 def lare_loss_terms_fused(out: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *, corners: str,
                           alpha: float, scale: float = 1.0, reduction: str = "mean", volume: str = "dot",
                           eps: float = 1e-6) -> dict[str, torch.Tensor]:
@@ -127,23 +141,36 @@ def lare_loss_terms_fused(out: torch.Tensor, class_text: torch.Tensor, labels: t
     unclamped norm.
     """
     check_alpha(alpha)
-    if corners not in CORNER_FORMS:
-        raise ValueError(f"corners must be one of {CORNER_FORMS}, got {corners!r}")
-    if volume not in VOLUME_FORMS:
-        raise ValueError(f"volume form must be one of {VOLUME_FORMS}, got {volume!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    bv, cc_plus, cc_minus, cc_center = _FusedBoxLoss.apply(out, class_text, labels, corners, volume, reduction,
-                                                           float(scale), float(eps))
-    return _with_total(bv, cc_plus, cc_minus, cc_center, alpha)
+    _check_forms(corners, volume, reduction)
+    terms = _FusedBoxLoss.apply(out.unsqueeze(0), class_text, labels.unsqueeze(0), corners, volume, reduction,
+                                torch.tensor([float(scale)], dtype=torch.float64), float(eps))
+    return _with_total(*(t[0] for t in terms), alpha)
+
+
+def lare_loss_terms_trials(out: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *, corners: str,
+                           alpha: torch.Tensor, scale: torch.Tensor, reduction: str = "mean", volume: str = "dot",
+                           eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """:func:`lare_loss_terms_fused` for N trials at once: ``out`` (N, b, 2d) (trial i's f_Box on the
+    same batch), ``labels`` (b,), ``alpha`` and ``scale`` (N,); every term (N,), trial i's value
+    being what :func:`lare_loss_terms_fused` gives for ``out[i]``, ``alpha[i]``, ``scale[i]``."""
+    if out.dim() != 3 or alpha.shape != (out.shape[0],) or scale.shape != (out.shape[0],):
+        raise ValueError(f"out must be (N, b, 2d) with alpha and scale (N,), got {tuple(out.shape)}, "
+                         f"{tuple(alpha.shape)}, {tuple(scale.shape)}")
+    for a in alpha.tolist():
+        check_alpha(a)
+    _check_forms(corners, volume, reduction)
+    terms = _FusedBoxLoss.apply(out, class_text, labels.expand(out.shape[0], -1), corners, volume, reduction,
+                                scale.to(torch.float64), float(eps))
+    return _with_total(*terms, alpha)
 
 
 class _FusedBoxLoss(torch.autograd.Function):
-    """``(out, T, y) -> (L_BV, L_CC+, L_CC-, L_CC)``; gradients for ``out`` only (T and y are constants)."""
+    """``(out (N, n, 2d), T, y (N, n), scale (N,)) -> (L_BV, L_CC+, L_CC-, L_CC)``, each (N,): N
+    independent groups (trials). Gradients for ``out`` only (T, y and scale are constants)."""
 
     @staticmethod
     def forward(ctx, out, class_text, labels, corners, volume, reduction, scale, eps):
-        n = out.shape[0]
+        g, n = out.shape[:2]
         acc = torch.promote_types(out.dtype, torch.float32)  # softmax and reductions never in bf16
         lower, upper = corners_of(out, corners)
         a, b = out.chunk(2, dim=-1)
@@ -157,13 +184,15 @@ class _FusedBoxLoss(torch.autograd.Function):
         # backward (which runs outside autocast) multiplies matching dtypes
         lower, upper, corner_aux = lower.to(out.dtype), upper.to(out.dtype), corner_aux.to(out.dtype)
         t = class_text.to(out.dtype)
-        lu = (upper @ t.T).to(acc).mul_(scale)
-        ll = (lower @ t.T).to(acc).mul_(scale)
-        logp = torch.log_softmax(torch.stack([lu, ll, (lu + ll) * 0.5]), dim=-1)  # (3, n, C): +, -, centre
-        nll = -logp.gather(-1, labels.view(1, n, 1).expand(3, n, 1)).squeeze(-1)
+        s = scale.to(device=out.device, dtype=acc).view(g, 1, 1)  # a float64 scale cast once, as Python's float is
+        lu = (upper @ t.T).to(acc).mul_(s)
+        ll = (lower @ t.T).to(acc).mul_(s)
+        logp = torch.log_softmax(torch.stack([lu, ll, (lu + ll) * 0.5]), dim=-1)  # (3, N, n, C): +, -, centre
+        index = labels.view(1, g, n, 1).expand(3, g, n, 1)
+        nll = -logp.gather(-1, index).squeeze(-1)
         ce = nll.mean(-1) if reduction == "mean" else nll.sum(-1)
 
-        saved = [lower, upper, corner_aux, logp, labels, t]
+        saved = [lower, upper, corner_aux, logp, index, t]
         if volume == "dot":
             v = (lower * upper).sum(-1, dtype=acc)
         elif volume == "dot_normalized":
@@ -175,7 +204,7 @@ class _FusedBoxLoss(torch.autograd.Function):
             width = upper - lower + eps
             v = -torch.log(width.to(acc)).sum(-1)
             saved += [width]
-        bv = v.mean() if reduction == "mean" else v.sum()
+        bv = v.mean(-1) if reduction == "mean" else v.sum(-1)
         ctx.save_for_backward(*saved)
         ctx.cfg = (corners, volume, reduction, scale)
         return bv, ce[0], ce[1], ce[2]
@@ -183,33 +212,35 @@ class _FusedBoxLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_bv, g_plus, g_minus, g_center):
         corners, volume, reduction, scale = ctx.cfg
-        lower, upper, corner_aux, logp, labels, t, *vol = ctx.saved_tensors
-        n, dt = lower.shape[0], lower.dtype
+        lower, upper, corner_aux, logp, index, t, *vol = ctx.saved_tensors
+        g, n, dt, acc = *lower.shape[:2], lower.dtype, logp.dtype
         r = 1.0 / n if reduction == "mean" else 1.0
+        per = lambda v: v.view(g, 1, 1)  # noqa: E731  (N,) -> broadcast over (N, n, .)
         # d CE / d logits = softmax - one-hot; the centre's logits feed both corners' by halves
-        p = logp.exp()
-        p[:, torch.arange(n, device=p.device), labels] -= 1
-        share = p[2] * (0.5 * g_center)
-        g_lu = (p[0] * g_plus).add_(share).mul_(r * scale)
-        g_ll = (p[1] * g_minus).add_(share).mul_(r * scale)
+        p = logp.exp().scatter_add_(-1, index, torch.full(index.shape, -1.0, dtype=acc, device=index.device))
+        share = p[2] * per(0.5 * g_center)
+        rs = per((r * scale).to(device=p.device, dtype=acc))
+        g_lu = (p[0] * per(g_plus)).add_(share).mul_(rs)
+        g_ll = (p[1] * per(g_minus)).add_(share).mul_(rs)
         g_upper, g_lower = g_lu.to(dt) @ t, g_ll.to(dt) @ t
 
         k = g_bv * r
         if volume == "dot":
-            g_lower.addcmul_(upper, k.to(dt))
-            g_upper.addcmul_(lower, k.to(dt))
+            g_lower.addcmul_(upper, per(k.to(dt)))
+            g_upper.addcmul_(lower, per(k.to(dt)))
         elif volume == "dot_normalized":
             nl, nu, cos = vol  # d cos / d lower = upper / (|l| |u|) - cos * lower / |l|^2, and symmetrically
-            cross = (k / (nl * nu)).unsqueeze(1).to(dt)
-            g_lower.addcmul_(upper, cross).addcmul_(lower, (-k * cos / nl.square()).unsqueeze(1).to(dt))
-            g_upper.addcmul_(lower, cross).addcmul_(upper, (-k * cos / nu.square()).unsqueeze(1).to(dt))
+            k = k.view(g, 1)
+            cross = (k / (nl * nu)).unsqueeze(-1).to(dt)
+            g_lower.addcmul_(upper, cross).addcmul_(lower, (-k * cos / nl.square()).unsqueeze(-1).to(dt))
+            g_upper.addcmul_(lower, cross).addcmul_(upper, (-k * cos / nu.square()).unsqueeze(-1).to(dt))
         else:
             (width,) = vol
-            q = k.to(dt) / width  # d(-log w)/d upper = -1/w, d/d lower = +1/w
+            q = per(k.to(dt)) / width  # d(-log w)/d upper = -1/w, d/d lower = +1/w
             g_lower.add_(q)
             g_upper.sub_(q)
 
-        g_out = torch.empty(n, 2 * lower.shape[1], dtype=dt, device=lower.device)
+        g_out = torch.empty(g, n, 2 * lower.shape[-1], dtype=dt, device=lower.device)
         g_a, g_b = g_out.chunk(2, dim=-1)
         if corners == "minmax":
             diff = g_lower - g_upper

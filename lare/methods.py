@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
+from .augment import BatchedBoxSampler, FixedBatchedAugment
 from .batched import differing, train_box_trials, train_lads_trials
 from .box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
 from .lads import LADSConfig, train_lads
 from .probe import FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
 from .reference import DEFAULT_L2_GRID, reference_probe
-from .trials import BatchedBoxSampler, FixedBatchedAugment, train_probe_trials
+from .trials import train_probe_trials
 
 Metrics = dict[str, dict[str, float]]
 VALIDATION = "validation"  # the metrics' key for the validation split, on which a search selects

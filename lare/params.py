@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from .box import BoxConfig, SamplingConfig
+from .byo import NORM_POLICIES
 from .lads import LADSConfig
 from .methods import ReferenceConfig
 from .probe import ProbeConfig
@@ -84,6 +85,7 @@ class RunParams:
         "num_classes": 40, "dim": 128, "n_train_per_class": 30, "n_test_per_class": 20, "n_ood_per_class": 15})
     encoders: dict = field(default_factory=dict)  # name -> {model, pretrained[, noise (synthetic)]}; set by the profile
     byo: dict = field(default_factory=dict)  # encoder -> path of a .npz (source byo)
+    byo_norm: str = "normalize"        # byo vectors whose L2 norm is not 1 (beyond 1e-3): normalize (recorded) | refuse
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # class prompts T(y), averaged
     domain_templates: dict = field(default_factory=lambda: {  # domain prompts for LADS
         "photo": ["a photo of a {}."], "painting": ["a painting of a {}."]})
@@ -345,7 +347,11 @@ def value_problems(p: RunParams) -> list[str]:
             out.append(f"{key} names encoders that 'encoders' does not define: {unknown}")
     spec_fields = {f.name for f in dataclasses.fields(SyntheticSpec)} - {"noise"}
     out += [f"unknown setting synthetic.{k}{_suggest(k, spec_fields)}" for k in p.synthetic if k not in spec_fields]
+    if p.byo_norm not in NORM_POLICIES:
+        out.append(f"byo_norm (bring-your-own vectors whose norm is not 1) must be one of {NORM_POLICIES}, got {p.byo_norm!r}")
     if p.source == "byo":
         out += [f"source 'byo': no .npz given for encoder {name!r} in the 'byo' mapping" for name in p.encoders
                 if name not in p.byo]
+        out += [f"byo.{name} must be the path of a .npz file, got {path!r}" for name, path in p.byo.items()
+                if not isinstance(path, str | os.PathLike) or not str(path)]
     return out

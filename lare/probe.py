@@ -30,9 +30,11 @@ def metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int | None = 
     pred, labels = pred.cpu(), labels.cpu()
     if len(labels) == 0:
         raise ValueError("cannot compute accuracy on an empty set")
-    correct = (pred == labels).float()
+    # float64: equal fractions reached with different per-class hits must compare equal (a search
+    # breaks validation ties by the first epoch; float32 would make the later one win by 1e-6)
+    correct = (pred == labels).double()
     num_classes = num_classes or int(labels.max()) + 1
-    per_class_n = torch.bincount(labels, minlength=num_classes).float()
+    per_class_n = torch.bincount(labels, minlength=num_classes).double()
     per_class_hit = torch.bincount(labels, weights=correct, minlength=num_classes)
     present = per_class_n > 0
     balanced = (per_class_hit[present] / per_class_n[present]).mean()

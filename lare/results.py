@@ -169,11 +169,21 @@ def table1(agg: pd.DataFrame, dataset: str, *, with_paper: bool = False) -> pd.D
                 row[f"{col} diff"] = row.get(f"{col} mean", float("nan")) - paper
         if found:
             out.append(row)
-    return pd.DataFrame(out)
+    t = pd.DataFrame(out)
+    for _dom, col in DOMAINS:  # a domain without any result (no 'ood' split) is a column of NaN: "not measured"
+        for part in ("mean", "std"):
+            if len(t) and f"{col} {part}" not in t:
+                t[f"{col} {part}"] = float("nan")
+    return t
+
+
+NOT_MEASURED = "not measured"
+NOT_MEASURED_NOTE = ("not measured: the dataset has no out-of-domain ('ood') split (or no result for that domain), "
+                     "so that accuracy could not be measured")
 
 
 def _fmt(mean, std) -> str:
-    return "" if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
+    return NOT_MEASURED if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
 
 
 def _fmt_delta(mean, low, high) -> str:
@@ -189,8 +199,8 @@ def table1_display(t: pd.DataFrame) -> pd.DataFrame:
         if f"{col} mean" in t:
             out[col] = [_fmt(m, s) for m, s in zip(t[f"{col} mean"], t[f"{col} std"], strict=True)]
         if f"{col} vs probe mean" in t:
-            out[f"{col} vs probe [95% CI]"] = [_fmt_delta(m, lo, hi) for m, lo, hi in zip(
-                t[f"{col} vs probe mean"], t[f"{col} vs probe low"], t[f"{col} vs probe high"], strict=True)]
+            out[f"{col} vs probe [95% CI]"] = [NOT_MEASURED if pd.isna(dm) else _fmt_delta(m, lo, hi) for dm, m, lo, hi in zip(
+                t[f"{col} mean"], t[f"{col} vs probe mean"], t[f"{col} vs probe low"], t[f"{col} vs probe high"], strict=True)]
         if f"{col} paper" in t:
             out[f"{col} (paper)"] = t[f"{col} paper"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
             out[f"{col} (diff)"] = t[f"{col} diff"].map(lambda v: "" if pd.isna(v) else f"{v:+.2f}")
@@ -221,9 +231,11 @@ def write_table1(t: pd.DataFrame, folder: str | Path, *, title: str, stem: str =
     shown = table1_display(t)
     paths = {ext: folder / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
     write_csv(t, paths["csv"])
+    note = f"\n*{NOT_MEASURED_NOTE}*\n" if (shown == NOT_MEASURED).any().any() else ""
     with atomic_path(paths["md"]) as tmp:
-        tmp.write_text(f"**{title}**\n\n" + markdown_table(shown) + "\n")
-    latex = shown.to_latex(index=False, caption=latex_escape(title), label=f"tab:{stem}").replace("±", r"$\pm$")
+        tmp.write_text(f"**{title}**\n\n" + markdown_table(shown) + "\n" + note)
+    caption = latex_escape(title + (f". {NOT_MEASURED_NOTE[0].upper()}{NOT_MEASURED_NOTE[1:]}." if note else ""))
+    latex = shown.to_latex(index=False, caption=caption, label=f"tab:{stem}").replace("±", r"$\pm$")
     with atomic_path(paths["tex"]) as tmp:
         tmp.write_text(latex)
     return paths

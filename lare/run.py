@@ -31,7 +31,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
 
 from .params import ParameterError, RunParams, overrides_from, project_root, resolve
-from .preflight import check_profile, format_report, parse_options
+from .preflight import check_profile, format_notes, format_report, parse_options
 from .utils import hash_config, sha256_file, write_json_atomic
 
 PER_DATASET = ("01_extract_embeddings", "02_train_boxes", "03_probe_lare", "04_baselines")
@@ -185,9 +185,15 @@ def run_profile(profile: str, options: list[tuple[str, ...]] = (), *, force: boo
     root = Path(root or project_root())
     overrides = overrides_from(list(options))
     say("preflight: checking parameters, datasets and encoders")
-    loaded, report = check_profile(profile, overrides, root=root, data=check_data)
+    notes: dict[str, list[str]] = {}
+    try:
+        loaded, report = check_profile(profile, overrides, root=root, data=check_data, notes=notes)
+    except Exception as err:  # e.g. an unreadable params folder: a message, never a traceback
+        raise ParameterError([f"preflight: cannot check profile {profile}: {type(err).__name__}: {err}"]) from err
     if report:
-        raise ParameterError([format_report(profile, report)])
+        raise ParameterError([format_report(profile, report, notes)])
+    if notes:
+        print(format_notes(notes))
     print(f"preflight: profile {profile} ready ({len(loaded)} dataset file(s) checked)")
     datasets = list(loaded)
     for nb in PER_DATASET + PER_PROFILE:

@@ -123,7 +123,7 @@ class DatasetSource:
     manual: str = ""              # how to get it by hand
     alt_folders: tuple[str, ...] = ()
 
-    def _find_folder(self, root: Path) -> Path | None:
+    def find_folder(self, root: Path) -> Path | None:
         for name in (self.folder, *self.alt_folders):
             if (root / name).is_dir():
                 return root / name
@@ -146,7 +146,7 @@ class DatasetSource:
     def problems(self, root: str | Path, *, allow_download: bool) -> list[str]:
         """What stands in the way of :meth:`prepare`, without doing any heavy work."""
         root = Path(root)
-        folder = self._find_folder(root)
+        folder = self.find_folder(root)
         if folder is not None:
             missing = self.missing_files(folder)
             return [f"{self.title}: {folder} lacks {', '.join(missing)}; the extraction is incomplete: delete "
@@ -164,7 +164,7 @@ class DatasetSource:
     def prepare(self, root: str | Path, *, allow_download: bool = True) -> Path:
         """The extracted folder, extracting or downloading the archive when needed."""
         root = Path(root)
-        folder = self._find_folder(root)
+        folder = self.find_folder(root)
         if folder is not None:
             missing = self.missing_files(folder)
             if missing:

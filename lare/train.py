@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .utils import make_generator
+from .utils import make_generator, nonfinite
 
 TermsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 PRECISIONS = ("fp32", "bf16")
@@ -142,7 +142,10 @@ def seeded_init(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
         return factory()
 
 
-LOSS_REL_TOL = 1e-3  # a validation loss must fall by more than 0.1 % to count as progress for patience
+# A validation loss counts as progressing only if it falls by more than 0.1 % of its fall so far
+# (see EarlyStop): measured against the loss's own value, a loss whose terms cancel near zero (f_Box's
+# bounded volume term against its cross-entropies) would need ever smaller gains and never stop.
+LOSS_REL_TOL = 1e-3
 # Validation accuracies closer than this (percentage points) tie: the same balanced accuracy reached
 # with different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
 SCORE_TIE_TOL = 1e-9
@@ -151,17 +154,20 @@ SCORE_TIE_TOL = 1e-9
 class EarlyStop:
     """Patience on a validation score: ``update(epoch, score, steps)`` is True (stop) after
     ``patience`` epochs without progress, once ``min_steps`` optimiser steps are done (``patience``
-    0: never). Progress is a score better than the last progress by more than ``rel_tol`` of it:
-    losses that creep down by 1e-6 an epoch would otherwise never stop (the best epoch is still
-    tracked exactly by the caller). ``lower``: lower scores are better (losses)."""
+    0: never). Progress is a score better than the last progress by more than ``rel_tol`` times
+    the gain since the first epoch (a scale that no constant added to the loss changes), or by
+    more than ``abs_tol``: losses that creep down by 1e-6 an epoch would otherwise never stop (the
+    best epoch is still tracked exactly by the caller). ``lower``: lower scores are better (losses)."""
 
     def __init__(self, patience: int, min_steps: int = 0, *, lower: bool = True, rel_tol: float = 0.0,
                  abs_tol: float = 0.0):
         self.patience, self.min_steps, self.lower, self.rel_tol, self.abs_tol = patience, min_steps, lower, rel_tol, abs_tol
-        self.ref, self.ref_epoch, self.stopped_by = None, 0, "budget"
+        self.first, self.ref, self.ref_epoch, self.stopped_by = None, None, 0, "budget"
 
     def update(self, epoch: int, score: float, steps: int) -> bool:
-        margin = max(self.rel_tol * abs(self.ref), self.abs_tol) if self.ref is not None else 0.0
+        if self.first is None or not math.isfinite(self.first):
+            self.first = score
+        margin = max(self.rel_tol * abs(self.ref - self.first), self.abs_tol) if self.ref is not None else 0.0
         if self.ref is None or (score < self.ref - margin if self.lower else score > self.ref + margin):
             self.ref, self.ref_epoch = score, epoch
         if self.patience and epoch - self.ref_epoch >= self.patience and steps >= self.min_steps:
@@ -170,14 +176,33 @@ class EarlyStop:
         return False
 
 
+class TrainingDiverged(FloatingPointError):
+    """Every validation loss was NaN or infinite; the message says whether the inputs are to blame."""
+
+
+def diverged_message(what: str, inputs: dict[str, torch.Tensor]) -> str:
+    """Why a training gave no finite loss: non-finite ``inputs`` (named, counted, first row), or,
+    when every input is finite, the optimisation itself (then: the learning rate or logit scale)."""
+    bad = [m for name, v in inputs.items() if (m := nonfinite(name, v))]
+    if bad:
+        return (f"{what}: the loss is not finite because the inputs are not: {'; '.join(bad)}. Fix them where the "
+                "embeddings come from (a bring-your-own .npz: the preflight names such values); the learning rate is not "
+                "at fault")
+    return (f"{what}: training diverged (every validation loss was NaN or infinite) although its inputs are finite "
+            f"({', '.join(inputs)}): lower the learning rate or the logit scale")
+
+
 def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor, *,
              val: tuple[torch.Tensor, torch.Tensor] | None, epochs: int, batch_size: int, lr: float,
              weight_decay: float, seed: int, desc: str, progress: bool,
-             precision: str = "fp32", early: EarlyStop | None = None) -> tuple[int, list[dict]]:
+             precision: str = "fp32", early: EarlyStop | None = None,
+             inputs: dict[str, torch.Tensor] | None = None) -> tuple[int, list[dict]]:
     """AdamW on ``terms(x_batch, y_batch)["total"]``; loads the best epoch's weights into ``model``.
 
     Returns ``(best_epoch, history)``; ``history`` has per epoch the mean training terms
     (``train_*``) and the validation terms (``val_*``). ``early`` stops on the validation loss.
+    ``inputs``: the tensors ``terms`` reads besides ``x`` (class text...), checked for non-finite
+    values when no epoch gives a finite validation loss (:class:`TrainingDiverged`).
     """
     steps = 0
     opt = make_optimizer(model.parameters(), lr, weight_decay, x.device)
@@ -212,8 +237,8 @@ def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor,
         if early is not None and val is not None and early.update(epoch, score, steps):
             break
     if best_state is None:
-        raise FloatingPointError(f"{desc}: training diverged (every validation loss was NaN or infinite); "
-                                 "lower the learning rate or the logit scale")
+        seen = {"training embeddings": x, **({"validation embeddings": val[0]} if val is not None else {}), **(inputs or {})}
+        raise TrainingDiverged(diverged_message(desc, seen))
     model.load_state_dict(best_state)
     model.eval()
     return best_epoch, history

@@ -11,14 +11,13 @@ stopping with ``patience``); a stopped trial is frozen (its update masked) while
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .augment import BatchedAugmenter
 from .probe import metrics
 from .train import SCORE_TIE_TOL, effective_epochs, is_int, seeded_init
 from .utils import make_generator, resolve_device
@@ -28,72 +27,6 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_op
 # Scores closer than this (in percentage points) tie: the same balanced accuracy reached with
 # different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
 TIE_TOL = SCORE_TIE_TOL
-
-# augment(epoch, generators) -> (ax (N, m, d), ay (N, m)): extra training embeddings per trial.
-BatchedAugmenter = Callable[[int, list[torch.Generator]], tuple[torch.Tensor, torch.Tensor]]
-
-
-# ---------------------------------------------------------------- augmenters
-class BatchedBoxSampler:
-    """Per trial, ``k`` points drawn uniformly from each training item's box, every epoch.
-
-    lower, upper: (N, n, d) box corners per trial (boxes may differ between trials; pass
-    ``lower.expand(N, n, d)`` to share one set). labels: (n,). A sample is
-    ``X^- + U (X^+ - X^-)`` with ``U ~ U[0, 1)^d``; trial i draws from ``generators[i]`` only, so
-    its samples are those of :class:`lare.probe.BoxSampler` with the same generator.
-    renormalize: project samples back onto the unit sphere, where the image embeddings live.
-    """
-
-    def __init__(self, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *, k: int = 1,
-                 renormalize: bool = True):
-        if lower.dim() != 3 or lower.shape != upper.shape:
-            raise ValueError(f"lower and upper must both be (N, n, d), got {tuple(lower.shape)} and {tuple(upper.shape)}")
-        if labels.dim() != 1 or len(labels) != lower.shape[1]:
-            raise ValueError(f"{lower.shape[1]} boxes per trial but labels of shape {tuple(labels.shape)}")
-        if not is_int(k) or k < 1:
-            raise ValueError(f"k (samples per box) must be an integer >= 1, got {k!r}")
-        self.lower, self.upper, self.labels = lower, upper, labels
-        self.k, self.renormalize = k, bool(renormalize)
-
-    @property
-    def size(self) -> int:
-        """Extra embeddings per trial and epoch."""
-        return self.lower.shape[1] * self.k
-
-    def to(self, device: torch.device) -> BatchedBoxSampler:
-        self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
-        return self
-
-    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        trials, n, d = self.lower.shape
-        if len(generators) != trials:
-            raise ValueError(f"{len(generators)} generators for {trials} trials of boxes")
-        # One draw per trial from its own generator, the same call lare.box.sample_boxes makes.
-        u = torch.stack([torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)
-                         for g in generators])
-        s = (self.lower.unsqueeze(2) + u * (self.upper - self.lower).unsqueeze(2)).reshape(trials, n * self.k, d)
-        return F.normalize(s, dim=-1) if self.renormalize else s, self.labels.repeat_interleave(self.k).expand(trials, -1)
-
-
-class FixedBatchedAugment:
-    """A fixed set of extra embeddings per trial, the same every epoch: x (N, m, d), y (N, m)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        if x.dim() != 3 or y.shape != x.shape[:2]:
-            raise ValueError(f"x must be (N, m, d) and y (N, m), got {tuple(x.shape)} and {tuple(y.shape)}")
-        self.x, self.y = x, y
-
-    @property
-    def size(self) -> int:
-        return self.x.shape[1]
-
-    def to(self, device: torch.device) -> FixedBatchedAugment:
-        self.x, self.y = self.x.to(device), self.y.to(device)
-        return self
-
-    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
 
 # ---------------------------------------------------------------- tensor functions
 def batched_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -138,6 +71,22 @@ def cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
     return loss, torch.bmm(x.transpose(1, 2), dlogits), dlogits.sum(1)
 
 
+def shared_cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                               bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cross_entropy_grads` when every trial sees the same batch: x (b, d), y (b,). The N maps
+    are one (d, N C) matrix, so a step is two plain matrix products instead of N small ones."""
+    trials, d, c = weight.shape
+    w = weight.permute(1, 0, 2).reshape(d, trials * c)
+    logp = torch.addmm(bias.reshape(1, trials * c), x, w).view(-1, trials, c).log_softmax(-1)  # (b, N, C)
+    index = y.view(-1, 1, 1).expand(-1, trials, 1)
+    loss = -logp.gather(-1, index).squeeze(-1).mean(0)
+    dlogits = logp.exp_()
+    dlogits.scatter_add_(-1, index, torch.full_like(dlogits[..., :1], -1.0))
+    dlogits /= x.shape[0]
+    grad_w = (x.T @ dlogits.view(-1, trials * c)).view(d, trials, c).permute(1, 0, 2)
+    return loss, grad_w, dlogits.sum(0)
+
+
 def _per_trial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) values shaped to broadcast against a (N, ...) tensor, in its dtype."""
     return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
@@ -176,7 +125,10 @@ def init_trials(d: int, num_classes: int, seeds: list[int]) -> tuple[torch.Tenso
 def epoch_batches(n: int, batch_size: int, generators: list[torch.Generator], device: torch.device) -> list[torch.Tensor]:
     """Index tensors (N, b) of this epoch's batches: row i follows the permutation trial i's
     generator draws, the same draw and split as :func:`lare.train.batches` (0: one full batch)."""
-    perm = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in generators]).to(device)
+    if len(generators) > 1 and all(g is generators[0] for g in generators):  # one shared order: draw it once
+        perm = torch.randperm(n, generator=generators[0], device=generators[0].device).to(device).expand(len(generators), -1)
+    else:
+        perm = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in generators]).to(device)
     step = n if not batch_size or batch_size >= n else batch_size
     return list(perm.split(step, dim=1))
 
@@ -308,7 +260,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     does, when it cannot reach ``min_steps``; trials still running at its end stop by "budget".
 
     augment: ``augment(epoch, generators) -> (ax (N, m, d), ay (N, m))``, each trial's extra
-    embeddings for this epoch (:class:`BatchedBoxSampler`, :class:`FixedBatchedAugment`).
+    embeddings for this epoch (:class:`lare.augment.BatchedBoxSampler`, :class:`lare.augment.FixedBatchedAugment`).
     l2: optional (N,) coupled penalty ``(l2 / 2) ||W||^2`` on the weight (not the bias), added to
     the gradient before Adam as ``torch.optim.Adam(weight_decay=...)`` does: with weight_decay 0 a
     trial then minimises the objective of :mod:`lare.reference`, which AdamW's decoupled decay
@@ -337,7 +289,8 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     weight, bias = theta[:, :d], theta[:, d]
     exp_avg, exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
     step = torch.zeros(trials, dtype=torch.float64, device=dev)
-    order_gens = [make_generator(s, "cpu") for s in seeds]
+    shared = len(set(seeds)) == 1  # the same seed: the same batch order, so the same batches
+    order_gens = [make_generator(seeds[0], "cpu")] * trials if shared else [make_generator(s, "cpu") for s in seeds]
     sample_gens = [make_generator(s + 1, dev) for s in seeds]
 
     m = getattr(augment, "size", 0) if augment is not None else 0
@@ -359,8 +312,11 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
             pool, pool_y = torch.cat([x, ax.reshape(-1, d)]), torch.cat([pool_y, ay], dim=1)
         total = torch.zeros(trials, dtype=torch.float64, device=dev)
         for idx in epoch_batches(n + m, batch_size, order_gens, dev):
-            xb, yb = pool[pooled_index(idx, n, m) if m else idx], pool_y.gather(1, idx)
-            loss, grad_w, grad_b = cross_entropy_grads(xb, yb, weight, bias)
+            if shared and not m:  # one batch for all trials: gather it once
+                loss, grad_w, grad_b = shared_cross_entropy_grads(x[idx[0]], y[idx[0]], weight, bias)
+            else:
+                xb, yb = pool[pooled_index(idx, n, m) if m else idx], pool_y.gather(1, idx)
+                loss, grad_w, grad_b = cross_entropy_grads(xb, yb, weight, bias)
             grad = torch.cat([grad_w, grad_b.unsqueeze(1)], dim=1)
             if l2_rows is not None:
                 grad += l2_rows * theta  # torch.optim.Adam's weight_decay: grad + l2 * W

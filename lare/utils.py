@@ -32,6 +32,22 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return g
 
 
+def nonfinite(name: str, values: torch.Tensor) -> str | None:
+    """What is not finite in a float tensor: how many NaN and infinite values, in how many rows,
+    and the first row ("class_text has 1 infinite value in 1 row (first: row 3)"); None if all are."""
+    if not values.is_floating_point() or values.numel() == 0:
+        return None
+    bad = ~torch.isfinite(values)
+    count = int(bad.sum())
+    if not count:
+        return None
+    nan = int(torch.isnan(values).sum())
+    kinds = " and ".join(f"{k} {what}" for k, what in ((nan, "NaN"), (count - nan, "infinite")) if k)
+    rows = bad.reshape(len(values), -1).any(1).nonzero().flatten() if values.dim() else torch.zeros(1, dtype=torch.long)
+    return (f"{name} has {kinds} value{'s' if count > 1 else ''} in {len(rows)} row{'s' if len(rows) > 1 else ''} "
+            f"(first: row {int(rows[0])})")
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace, used for hashing configurations."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

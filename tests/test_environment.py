@@ -38,3 +38,19 @@ def test_constraints_pin_every_dependency():
             pins[_name(name)] = version.strip()
     missing = names - set(pins)
     assert not missing, f"constraints.txt does not pin: {sorted(missing)}"
+
+
+def test_installing_prints_no_deprecation_of_our_making():
+    """``project.license`` as a TOML table is deprecated since setuptools 77 (PEP 639): a plain SPDX
+    string, with a build requirement that understands it; model_configs (JSON only) is a listed
+    package, so setuptools does not warn that it "would be ignored"."""
+    data = _pyproject()
+    assert isinstance(data["project"]["license"], str) and data["project"]["license"] == "MIT"
+    assert not any(c.startswith("License ::") for c in data["project"].get("classifiers", []))
+    setuptools = next(r for r in data["build-system"]["requires"] if _name(r) == "setuptools")
+    assert tuple(int(x) for x in setuptools.split(">=")[1].split(".")) >= (77,)
+    assert "lare.model_configs" in data["tool"]["setuptools"]["packages"]
+
+
+def test_ipywidgets_is_a_dependency_so_progress_bars_render_in_jupyterlab():
+    assert "ipywidgets" in {_name(r) for r in _pyproject()["project"]["dependencies"]}

@@ -21,6 +21,7 @@ from lare.losses import (
     lare_loss,
     lare_loss_terms,
     lare_loss_terms_fused,
+    lare_loss_terms_trials,
 )
 
 LOWER = [[0.1, -0.2, 0.3], [0.5, 0.0, -0.4]]
@@ -385,3 +386,35 @@ def test_fused_terms_reject_bad_options(kwargs):
     args = dict(corners="minmax", alpha=0.5, scale=1.0, reduction="mean", volume="dot")
     with pytest.raises(ValueError):
         lare_loss_terms_fused(torch.zeros(2, 6), torch.zeros(3, 3), torch.tensor([0, 1]), **{**args, **kwargs})
+
+
+@pytest.mark.parametrize("corners,volume,reduction", FUSED_CASES)
+def test_trials_terms_equal_each_trials_fused_terms_and_gradients(corners, volume, reduction):
+    """lare_loss_terms_trials on N stacked outputs == lare_loss_terms_fused on each, with each trial's
+    alpha and scale, in value and in d/d out (float64): the batched f_Box search minimises exactly
+    the loss each trial minimises alone."""
+    n, d, c, trials = 17, 6, 5, 3
+    g = torch.Generator().manual_seed(7)
+    text = torch.nn.functional.normalize(torch.randn(c, d, generator=g, dtype=torch.float64), dim=-1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    out = torch.stack([_raw_output(n, d, corners, seed=10 + i) for i in range(trials)])
+    alpha = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    scale = torch.tensor([10.0, 30.0, 100.0], dtype=torch.float64)
+    o_all = out.clone().requires_grad_()
+    batched = lare_loss_terms_trials(o_all, text, labels, corners=corners, alpha=alpha, scale=scale,
+                                     reduction=reduction, volume=volume)
+    batched["total"].sum().backward()
+    for i in range(trials):
+        o = out[i].clone().requires_grad_()
+        alone = lare_loss_terms_fused(o, text, labels, corners=corners, alpha=float(alpha[i]), scale=float(scale[i]),
+                                      reduction=reduction, volume=volume)
+        for k in alone:
+            assert batched[k][i].item() == pytest.approx(alone[k].item(), rel=1e-12, abs=1e-12), (i, k)
+        alone["total"].backward()
+        assert torch.allclose(o_all.grad[i], o.grad, rtol=1e-10, atol=1e-13)
+
+
+def test_trials_terms_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="N, b, 2d"):
+        lare_loss_terms_trials(torch.zeros(2, 4, 6), torch.zeros(3, 3), torch.zeros(4, dtype=torch.long), corners="minmax",
+                               alpha=torch.tensor([0.5]), scale=torch.tensor([1.0, 1.0]))

@@ -12,6 +12,7 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
+from executed_notebooks import notebook_outputs, notebook_warnings
 
 from lare.params import RunParams, load_params
 
@@ -83,15 +84,24 @@ def test_methods_in_the_open():
         assert needle in src03, needle
 
 
-def test_smoke_profile_runs_every_notebook(tmp_path):
-    """./run_all.sh --profile smoke, redirected to a temporary folder, then run again (all skipped)."""
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """./run_all.sh --profile smoke, redirected to a temporary folder, with progress bars on (the
+    profile turns them off) so that the notebooks' widgets are exercised."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, "LARE_NO_SETUP": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1"}
     run, fig = tmp_path / "run", tmp_path / "figures"
     cmd = ["bash", str(ROOT / "run_all.sh"), "--profile", "smoke", "-p", "run_dir", str(run),
            "-p", "cache_dir", str(tmp_path / "cache"), "-p", "data_root", str(tmp_path / "data"),
-           "-p", "figures_root", str(fig)]
+           "-p", "figures_root", str(fig), "-p", "progress", "true"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return {"tmp": tmp_path, "run": run, "fig": fig, "cmd": cmd, "env": env, "first": first}
+
+
+def test_smoke_profile_runs_every_notebook(smoke):
+    """The smoke run succeeded and wrote what it should; run again, every step is skipped."""
+    first, run, fig, tmp_path = smoke["first"], smoke["run"], smoke["fig"], smoke["tmp"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     table = pd.read_csv(fig / "smoke" / "table1.csv")
@@ -117,6 +127,25 @@ def test_smoke_profile_runs_every_notebook(tmp_path):
     assert all({"git_commit", "versions", "config_hash", "params"} <= set(r) for r in rows)
     assert {r["shots"] for r in rows if r["dataset"] == "toy_fewshot"} == {0, 1, 2}
 
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(smoke["cmd"], cwd=ROOT, env=smoke["env"], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:]
     assert second.stdout.count("skipped") >= 11, second.stdout
+
+
+def test_executed_notebooks_show_no_warnings_and_render_tables_and_widgets(smoke):
+    """What a JupyterLab user sees: no warning in any output (TqdmWarning: IProgress not found was in
+    every notebook before ipywidgets became a dependency), progress bars as widgets, Table 1 as
+    rendered Markdown, no Markdown table printed as raw text."""
+    assert smoke["first"].returncode == 0, smoke["first"].stdout[-3000:] + smoke["first"].stderr[-3000:]
+    executed = sorted((smoke["run"] / "notebooks").glob("*.ipynb"))
+    assert len(executed) == 2 * 4 + 3, [p.name for p in executed]
+    warnings = [w for p in executed for w in notebook_warnings(p)]
+    assert not warnings, "\n".join(warnings)
+    widgets = [p.name for p in executed for _, o, _ in notebook_outputs(p)
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert any(name.startswith("02_train_boxes") for name in widgets), f"no progress widget in notebook 02: {widgets}"
+    raw_tables = [f"{p.name} cell {i}" for p in executed for i, o, text in notebook_outputs(p)
+                  if "|---|" in text and "text/markdown" not in o.get("data", {})]
+    assert not raw_tables, raw_tables
+    table1 = [o for _, o, _ in notebook_outputs(smoke["run"] / "notebooks" / "05_table1.ipynb") if "text/markdown" in o.get("data", {})]
+    assert table1 and "| LARE |" in "".join(table1[0]["data"]["text/markdown"])

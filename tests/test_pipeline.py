@@ -222,15 +222,20 @@ def test_encoder_splits_pool_change_not_stale(tmp_path):
 
 # ---------------------------------------------------------------- bring your own embeddings
 def byo_arrays(n_per=(6, 3, 3), c=3, d=8, with_text=True, seed=0):
+    """A valid bring-your-own file's arrays (unit-norm vectors, as the README asks)."""
     rng = np.random.default_rng(seed)
+
+    def unit(rows):
+        x = rng.normal(size=(rows, d))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
     split = np.array(["train"] * (n_per[0] * c) + ["test"] * (n_per[1] * c) + ["ood"] * (n_per[2] * c))
     labels = np.concatenate([np.tile(np.arange(c), k) for k in n_per]).astype(np.int64)
-    arrays = {"embeddings": rng.normal(size=(len(labels), d)).astype(np.float32), "labels": labels, "split": split,
-              "class_names": np.array([f"bird {i}" for i in range(c)]),
-              "class_text": rng.normal(size=(c, d)).astype(np.float32)}
+    arrays = {"embeddings": unit(len(labels)), "labels": labels, "split": split,
+              "class_names": np.array([f"bird {i}" for i in range(c)]), "class_text": unit(c)}
     if with_text:
-        arrays["source_text"] = rng.normal(size=(c, d)).astype(np.float32)
-        arrays["target_text"] = rng.normal(size=(c, d)).astype(np.float32)
+        arrays["source_text"] = unit(c)
+        arrays["target_text"] = unit(c)
     return arrays
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from executed_notebooks import notebook_warnings
 from fake_datasets import make_fake_cub_archive, make_fake_paintings
 from PIL import Image
 
@@ -587,6 +588,16 @@ def test_demo_determinism_compares_real_results(demo_twice):
 
 
 # ================================================================ 6. notebooks
+@needs_bash
+def test_executed_demo_notebooks_show_no_warnings(demo_twice):
+    """What a JupyterLab user sees of the demo: no warning in any output of any executed notebook
+    (every one of them printed TqdmWarning: IProgress not found before ipywidgets was a dependency)."""
+    executed = sorted((demo_twice["run"]["a"] / "notebooks").glob("*.ipynb"))
+    assert len(executed) == 2 * 4 + 3, [p.name for p in executed]
+    warnings = [w for p in executed for w in notebook_warnings(p)]
+    assert not warnings, "\n".join(warnings)
+
+
 @needs_bash
 def test_failing_real_notebook_names_the_notebook_the_cell_and_the_error_and_keeps_the_copy(demo_twice):
     """Run b of the demo again after a stale row (another configuration) landed in its results:

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lare.augment import BatchedBoxSampler, FixedBatchedAugment
 from lare.probe import metrics
 from lare.train import batches, seeded_init
-from lare.trials import BatchedBoxSampler, FixedBatchedAugment, batched_metrics, train_probe_trials
+from lare.trials import batched_metrics, train_probe_trials
 from lare.utils import make_generator
 
 C, D = 5, 16
