@@ -38,13 +38,11 @@ LIST_URL = "https://raw.githubusercontent.com/lisadunlap/LADS/main/data/domainne
 BASE_URL = "http://csr.bu.edu/ftp/visda/2019/multi-source/"
 # domain: (path under BASE_URL, MD5, size): clipart and painting from the cleaned ("groundtruth") release
 ARCHIVES = {
-    "clipart": ("groundtruth/clipart.zip", "cd0d8f2d77a4e181449b78ed62bccf1e", "about 1.2 GB"),
-    "painting": ("groundtruth/painting.zip", "1ae32cdb4f98fe7ab5eb0a351768abfd", "about 3.5 GB"),
+    "clipart": ("groundtruth/clipart.zip", "cd0d8f2d77a4e181449b78ed62bccf1e", "about 1.3 GB"),
+    "painting": ("groundtruth/painting.zip", "1ae32cdb4f98fe7ab5eb0a351768abfd", "about 3.7 GB"),
     "real": ("real.zip", "dcc47055e8935767784b7162e7c7cca6", "about 5.6 GB"),
     "sketch": ("sketch.zip", "658d8009644040ff7ce30bb2e820850f", "about 2.5 GB"),
 }
-PROMPTS = {"clipart": "a clipart of a {}", "painting": "a painting of a {}", "real": "a photo of a {}",
-           "sketch": "a sketch of a {}"}  # LADS's domain descriptions
 
 
 def domain_source(domain: str) -> DatasetSource:
@@ -55,8 +53,9 @@ def domain_source(domain: str) -> DatasetSource:
                          manual=f"(the cleaned DomainNet release; the zip holds the folder {domain}/ with one folder per class.)")
 
 
-def list_names(domains=DOMAINS) -> list[str]:
-    return [f"{d}_{s}_mini.txt" for d in domains for s in ("train", "test")]
+def list_names() -> list[str]:
+    """The lists the protocol reads: the source domain's train and test lists, the targets' test lists."""
+    return [f"{SOURCE_DOMAIN}_train_mini.txt", f"{SOURCE_DOMAIN}_test_mini.txt", *(f"{d}_test_mini.txt" for d in TARGET_DOMAINS)]
 
 
 def lists_how_to_get(root: Path, missing: list[str]) -> str:

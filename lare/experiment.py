@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .box import BoxTrainResult, load_box, save_box, train_box
 from .hparams import HPARAMS
-from .methods import REGISTRY, VALIDATION, EmbeddingSplits, Method, get
+from .methods import OOD_PREFIX, REGISTRY, VALIDATION, EmbeddingSplits, Method, get
 from .params import RunParams
 from .plots import figure3, save_figure, sensitivity
 from .results import (
@@ -46,6 +46,7 @@ from .runfolder import (
     split_path,
 )
 from .search import configs_of, protocol_sections, run_trials, select, trials_of
+from .tables import arxiv_tables
 from .train import TrainingDiverged
 from .utils import hash_config, nonfinite
 
@@ -221,7 +222,7 @@ def search_unit(m: Method, splits, p: RunParams, sections: dict, seed: int) -> d
     results = run_trials(m, splits, configs_of(m, sections, trials, p.protocol, p.search, seed), p.torch_device)
     best = select(results, p.probe.select)
     chosen = results[best]
-    return {"metrics_by_domain": {d: v for d, v in chosen.items() if d in EVAL_DOMAINS.values()},
+    return {"metrics_by_domain": {d: v for d, v in chosen.items() if d in EVAL_DOMAINS.values() or d.startswith(OOD_PREFIX)},
             "extra": {"trial": best, "selected": trials[best], "val_score": chosen.get(VALIDATION, {}).get(p.probe.select),
                       "trials": [{"settings": t, **r} for t, r in zip(trials, results, strict=True)]}}
 
@@ -254,6 +255,7 @@ def make_table1(p: RunParams) -> dict[str, Path]:
     paths = write_table1(t, p.figures_path, title=f"Table 1: top-1 accuracy (%) on {p.table1_dataset}, mean ± std over "
                                                   f"seeds; vs probe: difference from the linear probe of the same "
                                                   f"encoder, paired over seeds{note}")
+    paths.update(arxiv_tables(read_rows(results_path(p.run_path)), p.figures_path, note))  # DomainNet, CIFAR-100-LT
     oracle = oracle_rows(read_rows(results_path(p.run_path)))
     if oracle:  # the search's trials chosen on the target domain: an upper bound, never a result
         t_oracle = table1(aggregate(oracle), p.table1_dataset)

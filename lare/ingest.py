@@ -18,8 +18,8 @@ from .datasets import imagefolder_items, make_toy_images
 from .encoders import load_encoder
 from .extraction import class_text_entry, dist_barrier, dist_rank_world, extract_embeddings
 from .params import RunParams, resolve
+from .protocols import PROTOCOL_SOURCES, cache_name, load_protocol
 from .runfolder import index_path, write_index
-from .sources import PROTOCOL_SOURCES, load_protocol
 from .synthetic import SyntheticSpec, make_synthetic
 from .utils import hash_config
 
@@ -101,18 +101,20 @@ def write_images(run_dir, cache_dir, dataset: str, encoder: str, *, model: str, 
                  items: dict[str, list], class_names: list[str], templates: list[str],
                  domain_templates: dict[str, list[str]] | None = None, precision: str = "fp32",
                  batch_size: int = 64, num_workers: int = 0, device=None, progress: bool = True, loader=None,
-                 chunk_size: int = 1024, repair: bool = False, skip_bad_images: bool = False) -> Path:
+                 chunk_size: int = 1024, repair: bool = False, skip_bad_images: bool = False,
+                 cache_as: str | None = None) -> Path:
     """Embed real images with an open_clip model into the cache (resumable) and index them.
 
     ``items`` maps split names (train / test / ood) to :class:`lare.datasets.Item` lists;
-    ``domain_templates`` (e.g. photo / painting prompts with one '{}') feed LADS.
+    ``domain_templates`` (e.g. photo / painting prompts with one '{}') feed LADS. ``cache_as``: the
+    dataset name of the cache entries (default ``dataset``), so datasets of the same images share them.
     """
     if precision == "auto":  # mixed precision where it pays; the choice is recorded in the manifest
         precision = "bf16" if torch.device(device or "cpu").type == "cuda" else "fp32"
     enc = load_encoder(model, pretrained, device=device, precision=precision)
     splits, skipped = {}, {}
     for split, its in items.items():
-        es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=dataset, split=split, label_names=class_names,
+        es = extract_embeddings(enc, its, cache_dir=cache_dir, dataset=cache_as or dataset, split=split, label_names=class_names,
                                 batch_size=batch_size, num_workers=num_workers, progress=progress, loader=loader,
                                 chunk_size=chunk_size, repair=repair, skip_bad_images=skip_bad_images)
         splits[split] = str(es.path)
@@ -159,8 +161,8 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
     loader = None
     if dataset in PROTOCOL_SOURCES:
         items, class_names, loader = load_protocol(dataset, data_root, allow_download=p.download)
-        if not p.with_domains:
-            items.pop("ood", None)
+        if not p.with_domains:  # one domain: no out-of-domain split (nor DomainNet's ood_<domain> ones)
+            items = {k: v for k, v in items.items() if k != "ood" and not k.startswith("ood_")}
     else:
         root = data_root / dataset
         if dataset.startswith("toy"):
@@ -176,4 +178,4 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
                         domain_templates=p.domain_templates if p.with_domains else None, precision=p.precision,
                         batch_size=p.batch_size, num_workers=p.num_workers, device=device or p.torch_device,
                         progress=p.progress, loader=loader, chunk_size=p.chunk_size, repair=p.repair_cache,
-                        skip_bad_images=p.skip_bad_images)
+                        skip_bad_images=p.skip_bad_images, cache_as=cache_name(dataset))

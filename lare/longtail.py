@@ -71,19 +71,19 @@ def class_groups(train_counts: Sequence[int]) -> list[str]:
     return ["head" if n > HEAD_ABOVE else "tail" if n < TAIL_BELOW else "medium" for n in train_counts]
 
 
-def group_accuracy(pred: torch.Tensor, labels: torch.Tensor, train_counts: Sequence[int]) -> dict[str, float]:
-    """Top-1 accuracy (in %) over the test items of the head, medium and tail classes; a group with
-    no test items is left out."""
-    groups = class_groups(train_counts)
+def group_accuracy(pred: torch.Tensor, labels: torch.Tensor, groups: Sequence[str]) -> dict[str, float]:
+    """Top-1 accuracy (in %) over the test items of the head, medium and tail classes (``groups``: one
+    name per class, :func:`class_groups`); a group with no test items is left out."""
     pred, labels = pred.cpu(), labels.cpu()
     if len(pred) != len(labels):
         raise ValueError(f"{len(pred)} predictions but {len(labels)} labels")
     if len(labels) and int(labels.max()) >= len(groups):
-        raise ValueError(f"labels reach {int(labels.max())} but train_counts has {len(groups)} classes")
+        raise ValueError(f"labels reach {int(labels.max())} but groups has {len(groups)} classes")
     correct = (pred == labels).double()
+    of_item = [groups[int(y)] for y in labels]
     out = {}
     for name in GROUPS:
-        mask = torch.tensor([groups[int(y)] == name for y in labels], dtype=torch.bool)
+        mask = torch.tensor([g == name for g in of_item], dtype=torch.bool)
         if mask.any():
             out[name] = 100.0 * float(correct[mask].mean())
     return out

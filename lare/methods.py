@@ -27,12 +27,14 @@ from .augment import BatchedBoxSampler, FixedBatchedAugment
 from .batched import differing, train_box_trials, train_lads_trials
 from .box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
 from .lads import LADSConfig, train_lads
+from .longtail import group_accuracy
 from .probe import FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
 from .reference import DEFAULT_L2_GRID, reference_probe
 from .trials import train_probe_trials
 
 Metrics = dict[str, dict[str, float]]
 VALIDATION = "validation"  # the metrics' key for the validation split, on which a search selects
+OUT_OF_DOMAIN, OOD_PREFIX = "out_of_domain", "ood_"  # one target domain / each of several (their mean is the former)
 DOMAIN_PROMPTS = ("photo", "painting")  # the source and target domain descriptions LADS reads
 
 
@@ -49,6 +51,7 @@ class EmbeddingSplits:
     class_text: torch.Tensor
     extra_text: dict[str, torch.Tensor] = field(default_factory=dict)
     boxes: BoxTrainResult | None = None  # f_Box of step 1 for this unit (notebook 02), when trained
+    class_groups: list[str] | None = None  # CIFAR-100-LT: head / medium / tail per class, reported too
 
     @property
     def num_classes(self) -> int:
@@ -62,12 +65,28 @@ class EmbeddingSplits:
                                    class_text=mv(self.class_text), extra_text={k: mv(v) for k, v in self.extra_text.items()})
 
 
+def score(pred: torch.Tensor, labels: torch.Tensor, splits: EmbeddingSplits) -> dict[str, float]:
+    """Top-1 and balanced accuracy of predictions, and with class groups (CIFAR-100-LT) the accuracy
+    on the head, medium and tail classes."""
+    out = metrics(pred, labels, splits.num_classes)
+    return {**out, **group_accuracy(pred, labels, splits.class_groups)} if splits.class_groups else out
+
+
+def with_mean_ood(out: Metrics) -> Metrics:
+    """Several target domains (``ood_<domain>``, e.g. DomainNet's clipart, painting, real): their mean
+    is the out-of-domain result (each stays reported)."""
+    targets = [v for k, v in out.items() if k.startswith(OOD_PREFIX)]
+    if targets and OUT_OF_DOMAIN not in out:
+        out[OUT_OF_DOMAIN] = {k: sum(t[k] for t in targets) / len(targets) for k in targets[0]}
+    return out
+
+
 def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], splits: EmbeddingSplits) -> Metrics:
     """Metrics per evaluation domain, and on the validation split (what a search may select on)."""
-    out = {name: metrics(predict(x), y, splits.num_classes) for name, (x, y) in splits.evals.items()}
+    out = {name: score(predict(x), y, splits) for name, (x, y) in splits.evals.items()}
     if len(splits.val_y):
-        out[VALIDATION] = metrics(predict(splits.val_x), splits.val_y, splits.num_classes)
-    return out
+        out[VALIDATION] = score(predict(splits.val_x), splits.val_y, splits)
+    return with_mean_ood(out)
 
 
 # ---------------------------------------------------------------- method configs
@@ -176,9 +195,10 @@ def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, au
                              seeds=[c.seed for c in probes], val_x=splits.val_x, val_y=splits.val_y,
                              max_epochs=p.epochs, patience=p.patience, batch_size=p.batch_size,
                              select=p.select, augment=augment, min_steps=p.min_steps, device=device)
-    per_domain = {name: res.evaluate(x, y) for name, (x, y) in splits.evals.items()}
-    per_domain[VALIDATION] = res.evaluate(splits.val_x, splits.val_y)
-    return [{name: v[i] for name, v in per_domain.items()} for i in range(len(probes))]
+    sets = {**splits.evals, VALIDATION: (splits.val_x, splits.val_y)}
+    preds = {name: res.predict(x) for name, (x, _) in sets.items()}  # (N, n) per set: every trial at once
+    return [with_mean_ood({name: score(preds[name][i], y, splits) for name, (_, y) in sets.items()})
+            for i in range(len(probes))]
 
 
 def _batchable(probes: list[ProbeConfig]) -> bool:

@@ -25,8 +25,9 @@ from huggingface_hub import scan_cache_dir
 from . import byo
 from .encoders import EncoderError, check_pretrained, resolve_model_name
 from .params import ParameterError, RunParams, dataset_files, load_params, overrides_from, profiles, resolve
+from .protocols import PROTOCOL_SOURCES, check_sources
 from .runfolder import shots_problem
-from .sources import CUB, PROTOCOL_SOURCES, check_sources, cub_items, network_reachable
+from .sources import CUB, cub_items, network_reachable
 from .treecheck import imagefolder_problems, tree_problems
 
 

@@ -258,8 +258,9 @@ def parser() -> argparse.ArgumentParser:
         prog="./run_all.sh", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLES,
         description="Run the LARE notebooks 01-06 with papermill for one profile: Table 1 and Figure 3 in one command.")
     ap.add_argument("--profile", default="paper", help="parameter profile, a folder of params/: paper (the paper's "
-                    "datasets and encoders, downloads what is missing), demo (built-in synthetic data, offline, a few "
-                    "minutes on a laptop CPU), smoke (the smallest sizes, for tests); default: paper")
+                    "datasets and encoders, downloads what is missing), arxiv (the arXiv version's DomainNet and CIFAR-100-LT "
+                    "benchmarks), demo (built-in synthetic data, offline, a few minutes on a laptop CPU), smoke (the "
+                    "smallest sizes, for tests); default: paper")
     ap.add_argument("-f", metavar="FILE", dest="options", action="append", type=lambda v: ("-f", v),
                     help="extra parameter file (YAML), deep-merged over the profile's file; may be repeated")
     ap.add_argument("-p", metavar=("NAME", "VALUE"), nargs=2, dest="options", action="append",

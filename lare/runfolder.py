@@ -19,13 +19,21 @@ from typing import Any
 import torch
 
 from .cache import load_embeddings
-from .methods import EmbeddingSplits
+from .longtail import class_groups, lt_counts, lt_subset
+from .methods import OOD_PREFIX, EmbeddingSplits
 from .params import ParameterError
+from .protocols import imbalance_of
 from .splits import carve_validation, check_disjoint, kshot_subset, n_validation
 from .utils import hash_config, write_json_atomic
 
-# Evaluation splits and the Table 1 domain each stands for.
+# Evaluation splits and the Table 1 domain each stands for; a split ``ood_<domain>`` (one of several
+# target domains, DomainNet) keeps its name, and lare.methods.evaluate adds their mean as out_of_domain.
 EVAL_DOMAINS = {"test": "in_domain", "ood": "out_of_domain"}
+
+
+def eval_domain(split: str) -> str | None:
+    """The result domain of an embedding split (None: not an evaluation split)."""
+    return EVAL_DOMAINS.get(split, split if split.startswith(OOD_PREFIX) else None)
 
 
 # ---------------------------------------------------------------- the embedding index
@@ -83,28 +91,35 @@ def split_path(run_dir, dataset: str, shots: int, seed: int) -> Path:
     return Path(run_dir) / "splits" / dataset / f"shots{shots}_seed{seed}.json"
 
 
-def split_key(train_ids, train_labels, *, shots: int, seed: int, val_fraction: float) -> str:
+def split_key(train_ids, train_labels, *, shots: int, seed: int, val_fraction: float, imbalance: int = 0) -> str:
     """Identifies a split's inputs: the training pool (ids and labels) and the draw settings."""
     return hash_config({"pool": hash_config([list(map(str, train_ids)), [int(y) for y in train_labels]]),
-                        "shots": shots, "seed": seed, "val_fraction": val_fraction})
+                        "shots": shots, "seed": seed, "val_fraction": val_fraction,
+                        **({"imbalance": imbalance} if imbalance else {})})
 
 
 def make_or_load_split(run_dir, dataset: str, train_ids: list[str], train_labels: list[int],
-                       eval_ids: dict[str, list[str]], *, shots: int, seed: int, val_fraction: float
-                       ) -> dict[str, list[str]]:
+                       eval_ids: dict[str, list[str]], *, shots: int, seed: int, val_fraction: float,
+                       imbalance: int = 0) -> dict[str, list[str]]:
     """The train / validation ids for (shots, seed), drawn once with a seeded generator and saved.
 
     Validation is carved from the training pool (never from a test set); with ``shots > 0`` the
     k-shot subset is drawn from what remains, so validation never shrinks the k shots. The saved
     file records what it was drawn from (pool ids and labels, validation fraction); if that
-    changed, the split is drawn again rather than silently reused.
+    changed, the split is drawn again rather than silently reused. ``imbalance`` (CIFAR-100-LT):
+    the pool is first cut to the long-tailed subset of :func:`lare.longtail.lt_subset` for this
+    seed, and validation is carved from that subset (the labelled budget stays the profile's).
     """
     path = split_path(run_dir, dataset, shots, seed)
-    key = split_key(train_ids, train_labels, shots=shots, seed=seed, val_fraction=val_fraction)
+    key = split_key(train_ids, train_labels, shots=shots, seed=seed, val_fraction=val_fraction, imbalance=imbalance)
     saved = json.loads(path.read_text()) if path.is_file() else None
     if saved is not None and saved.get("key") == key:
         split = {"train": saved["train"], "val": saved["val"]}
     else:
+        if imbalance:
+            keep = set(lt_subset(train_ids, train_labels, imbalance, seed))
+            kept = [(i, y) for i, y in zip(train_ids, train_labels, strict=True) if i in keep]
+            train_ids, train_labels = [i for i, _ in kept], [y for _, y in kept]
         train, val = carve_validation(train_ids, train_labels, val_fraction, seed)
         if shots > 0:
             label_of = dict(zip(train_ids, train_labels, strict=True))
@@ -140,13 +155,19 @@ def encoder_splits(data: EncoderData, run_dir, dataset: str, *, shots: int, seed
                    val_fraction: float) -> EmbeddingSplits:
     """The :class:`EmbeddingSplits` of one encoder for (shots, seed), ready for the methods."""
     train_all = data.sets["train"]
-    evals = {name: s for name, s in data.sets.items() if name in EVAL_DOMAINS}
+    evals = {name: s for name, s in data.sets.items() if eval_domain(name)}
+    imbalance = imbalance_of(dataset)
     split = make_or_load_split(run_dir, dataset, train_all.ids, train_all.labels.tolist(),
-                               {n: s.ids for n, s in evals.items()}, shots=shots, seed=seed, val_fraction=val_fraction)
+                               {n: s.ids for n, s in evals.items()}, shots=shots, seed=seed, val_fraction=val_fraction,
+                               imbalance=imbalance)
     tr, va = train_all.subset(split["train"]), train_all.subset(split["val"])
+    groups = None
+    if imbalance:  # head / medium / tail by the profile's count per class (train + validation)
+        pool = torch.bincount(train_all.labels, minlength=len(data.class_text))
+        groups = class_groups(lt_counts(len(data.class_text), int(pool.min()), imbalance))
     return EmbeddingSplits(tr.embeddings, tr.labels, va.embeddings, va.labels,
-                           {EVAL_DOMAINS[n]: (s.embeddings, s.labels) for n, s in evals.items()},
-                           data.class_text, data.extra_text)
+                           {eval_domain(n): (s.embeddings, s.labels) for n, s in evals.items()},
+                           data.class_text, data.extra_text, class_groups=groups)
 
 
 # ---------------------------------------------------------------- checkpoints and results

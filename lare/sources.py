@@ -8,7 +8,7 @@
 :meth:`DatasetSource.prepare` finds the extracted folder, or extracts an archive found in
 ``data_root`` (checksum verified, extracted atomically), or downloads the archive when allowed
 (progress bar, resumable, checksum verified), or stops with a message that says what to get,
-from where, and where to put it. :func:`check_sources` reports every problem at once.
+from where, and where to put it. :func:`lare.protocols.check_sources` reports every problem at once.
 """
 
 from __future__ import annotations
@@ -285,30 +285,3 @@ def cifar100_items(folder: str | Path) -> tuple[dict[str, list[Item]], list[str]
     items = {split: [Item(id=f"cifar100/{split}/{i:05d}", path=str(folder / split), label=int(y))
                      for i, y in enumerate(images.data[split][1])] for split in ("train", "test")}
     return items, names, images
-
-
-# ---------------------------------------------------------------- the protocol datasets
-PROTOCOL_SOURCES = {"cub": ("cub", "cub_paintings"), "cifar100": ("cifar100",)}
-
-
-def check_sources(dataset: str, data_root: str | Path, *, allow_download: bool) -> list[str]:
-    """Every problem with the sources a protocol dataset needs (empty list: ready)."""
-    return [p for name in PROTOCOL_SOURCES.get(dataset, ()) for p in SOURCES[name].problems(data_root, allow_download=allow_download)]
-
-
-def load_protocol(dataset: str, data_root: str | Path, *, allow_download: bool = True):
-    """``(items by split, class names, loader or None)`` for ``cub`` (train / test photos, ood
-    paintings) or ``cifar100`` (train / test)."""
-    root = Path(data_root)
-    problems = check_sources(dataset, root, allow_download=allow_download)
-    if problems:
-        raise DatasetMissingError("\n\n".join(problems))
-    if dataset == "cub":
-        items, names = cub_items(CUB.prepare(root, allow_download=allow_download))
-        items["ood"], _ = painting_items(CUB_PAINTINGS.prepare(root, allow_download=False), names)
-        return items, names, None
-    if dataset == "cifar100":
-        items, names, loader = cifar100_items(CIFAR100.prepare(root, allow_download=allow_download))
-        return items, names, loader
-    raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(PROTOCOL_SOURCES)}")
-

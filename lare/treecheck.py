@@ -1,6 +1,6 @@
 """Deep checks of image datasets on disk: open what notebook 01 will read, before any work.
 
-The preflight first checks that a dataset is there (:func:`lare.sources.check_sources`); these
+The preflight first checks that a dataset is there (:func:`lare.protocols.check_sources`); these
 checks then read it the way notebook 01 will: CIFAR-100's pickles (keys, dtypes, shapes, labels),
 every image CUB-200-2011's metadata lists and the paintings' class folders, an own image folder's
 splits and classes. Each returns problems that name the file and say what to do; none raises.
@@ -160,9 +160,10 @@ def imagefolder_problems(root: Path, splits: tuple[str, ...], *, skip_bad_images
 
 
 def tree_problems(dataset: str, root: Path, *, skip_bad_images: bool = False) -> list[str]:
-    """The deep checks of a protocol dataset (``cub`` or ``cifar100``) whose folders are present."""
+    """The deep checks of a protocol dataset whose folders are present (CUB, CIFAR-100 and its LT subsets;
+    DomainNet checks its listed images in :func:`lare.domainnet.check_domainnet`)."""
     if dataset == "cub":
         return cub_problems(root, skip_bad_images=skip_bad_images)
-    if dataset == "cifar100" and (folder := CIFAR100.find_folder(root)) is not None:
+    if dataset.startswith("cifar100") and (folder := CIFAR100.find_folder(root)) is not None:
         return cifar100_problems(folder)
     return []

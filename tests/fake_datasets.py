@@ -187,3 +187,28 @@ def make_fake_cifar100(root: str | Path, per_class_train: int = 6, per_class_tes
             tar.add(folder, arcname="cifar-100-python")
         fake.archive_md5 = md5_of(path)
     return fake
+
+
+DOMAINNET_CLASSES = ["aircraft_carrier", "bee", "zebra"]
+
+
+def make_fake_domainnet(root: str | Path, classes: list[str] | None = None, per_split: int = 2, seed: int = 3) -> Path:
+    """``<root>/domainnet/`` as the cleaned DomainNet release and the SENTRY lists lay it out:
+    ``<domain>/<class>/<domain>_<NNN>_<NNNNNN>.jpg`` (decodable JPEGs) and
+    ``domainnet_sentry_split/<domain>_{train,test}_mini.txt`` with lines ``<path> <label>`` (the
+    label of the class among DomainNet's 345, here a stand-in)."""
+    classes = classes or DOMAINNET_CLASSES
+    folder = Path(root) / "domainnet"
+    rng = np.random.default_rng(seed)
+    (folder / "domainnet_sentry_split").mkdir(parents=True, exist_ok=True)
+    for d in ("clipart", "painting", "real", "sketch"):
+        for split in ("train", "test"):
+            lines = []
+            for c, name in enumerate(classes):
+                colour = rng.integers(0, 256, size=3)
+                for k in range(per_split):
+                    rel = f"{d}/{name}/{d}_{c * 11:03d}_{k + (100 if split == 'test' else 0):06d}.jpg"
+                    _write_jpeg(folder / rel, rng, colour)
+                    lines.append(f"{rel} {c * 11}")
+            (folder / "domainnet_sentry_split" / f"{d}_{split}_mini.txt").write_text("\n".join(lines) + "\n")
+    return folder

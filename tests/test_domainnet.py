@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lare.domainnet import DOMAINS, LIST_FOLDER, SUBDIR, check_domainnet, domainnet_items, list_names, load_domainnet
+from lare.protocols import cache_name, check_sources, imbalance_of, load_protocol
 from lare.sources import DatasetIntegrityError, DatasetMissingError
 
 CLASSES = ["aircraft_carrier", "zebra", "bee"]
@@ -62,4 +63,17 @@ def test_missing_image_and_bad_lists_are_named(tmp_path):
     (root / LIST_FOLDER / "clipart_test_mini.txt").write_text("painting/bee/x.jpg one\n")
     with pytest.raises(DatasetIntegrityError, match="line 1"):
         domainnet_items(root)
-    assert len(list_names()) == 8
+    assert len(list_names()) == 5
+
+
+def test_protocol_splits_one_evaluation_set_per_target_domain(tmp_path):
+    fake_domainnet(tmp_path)
+    items, names, loader = load_protocol("domainnet", tmp_path, allow_download=False)
+    assert loader is None and len(names) == 3
+    assert sorted(items) == ["ood_clipart", "ood_painting", "ood_real", "test", "train"]
+    assert all({it.domain for it in items[f"ood_{d}"]} == {d} for d in ("clipart", "painting", "real"))
+    assert check_sources("domainnet", tmp_path, allow_download=False) == []
+    # CIFAR-100-LT's datasets read CIFAR-100's images (one cache entry) and draw their own subsets
+    assert [imbalance_of(f"cifar100_lt{f}") for f in (100, 50, 10)] == [100, 50, 10]
+    assert cache_name("cifar100_lt50") == "cifar100" and cache_name("domainnet") == "domainnet"
+    assert imbalance_of("cifar100") == 0 and cache_name("mine") == "mine"

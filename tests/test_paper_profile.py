@@ -41,12 +41,12 @@ OVERRIDES = {  # given with -f to both dataset files of the profile
 }
 
 
-def run_all(*args: str, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_all(*args: str, timeout: float, profile: str = "paper") -> tuple[subprocess.CompletedProcess[str], float]:
     env = {**os.environ, "LARE_NO_SETUP": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     env.pop("LARE_DATA_ROOT", None)
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--profile", "paper", *args], cwd=ROOT, env=env,
+    proc = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--profile", profile, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
     return proc, time.monotonic() - t0
 

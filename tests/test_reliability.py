@@ -398,7 +398,8 @@ def _encoders_file(tmp_path: Path, clip: dict) -> list[str]:
 
 BAD_PARAMETERS = {  # case -> (options given to run_all.sh / the preflight, texts the report must contain)
     "unknown-dataset": (lambda t: ["-p", "source", "images", "-p", "dataset", "cubb", "-p", "data_root", str(t / "data")],
-                        ["dataset 'cubb'", "not one of ['cifar100', 'cub']", "expected train/ and test/"]),
+                        ["dataset 'cubb'", "not one of ['cifar100', 'cifar100_lt10', 'cifar100_lt100', 'cifar100_lt50', "
+                         "'cub', 'domainnet']", "expected train/ and test/"]),
     "unknown-model": (lambda t: _encoders_file(t, {"model": "ViT-L-13", "pretrained": "openai"}),
                       ["unknown open_clip model 'ViT-L-13'", "nearest valid names", "ViT-L-14"]),
     "unknown-pretrained-tag": (lambda t: _encoders_file(t, {"model": "ViT-L-14", "pretrained": "opnai"}),

@@ -24,6 +24,7 @@ from fake_datasets import (
 from PIL import Image
 
 import lare.sources as src
+from lare.protocols import check_sources, load_protocol
 from lare.sources import (
     CIFAR100,
     CUB,
@@ -31,11 +32,9 @@ from lare.sources import (
     CifarImages,
     DatasetIntegrityError,
     DatasetMissingError,
-    check_sources,
     cifar100_items,
     cub_items,
     download,
-    load_protocol,
     painting_items,
 )
 
