@@ -141,6 +141,17 @@ def _check_shared(configs: list, varying: set[str]) -> None:
         raise ValueError(f"batched trials may differ only in {sorted(varying)}; these differ too: {diff}")
 
 
+def _train_and_unstack(single: list[nn.Module], model: StackedMLP, terms, x, y, val, configs: list, result) -> list:
+    """Train the stacked trials (:func:`minimise_trials`) and give each its own network back, at its best
+    epoch, as ``result(network, config, best_epoch, history, stopped_by)``, the single trainer's result."""
+    states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=configs[0], n=len(configs))
+    out = []
+    for i, (net, c) in enumerate(zip(single, configs, strict=True)):
+        load_trial(net.net, states[i])
+        out.append(result(net.to(x.device).eval(), c, best[i], hist[i], stopped[i]))
+    return out
+
+
 def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, val_x=None, val_y=None,
                      device=None) -> list[BoxTrainResult]:
     """f_Box for each config (they may differ in ``alpha`` and ``scale`` only), trained together."""
@@ -159,12 +170,7 @@ def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, 
         pick = slice(None) if rows is None else rows.cpu()
         return box_terms(model(bx, rows), t, by, alpha=alpha[pick], scale=scale[pick], cfg=cfg)
 
-    states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=cfg, n=len(configs))
-    out = []
-    for i, c in enumerate(configs):
-        load_trial(single[i].net, states[i])
-        out.append(BoxTrainResult(single[i].to(dev).eval(), c, best[i], hist[i], stopped[i]))
-    return out
+    return _train_and_unstack(single, model, terms, x, y, val, configs, BoxTrainResult)
 
 
 def train_lads_trials(train_x, train_y, source_text, target_text, configs: list[LADSConfig], *, val_x=None,
@@ -193,9 +199,4 @@ def train_lads_trials(train_x, train_y, source_text, target_text, configs: list[
         cls = torch.stack([lads_class_consistency_loss(a, src, by, weights) for a in aug])
         return {"domain": dom, "class": cls, "total": wd * dom + wc * cls}
 
-    states, best, stopped, hist = minimise_trials(model, terms, x, y, val=val, cfg=cfg, n=len(configs))
-    out = []
-    for i, c in enumerate(configs):
-        load_trial(single[i].net, states[i])
-        out.append(LADSResult(single[i].to(dev).eval(), c, best[i], hist[i], stopped[i]))
-    return out
+    return _train_and_unstack(single, model, terms, x, y, val, configs, LADSResult)

@@ -18,7 +18,7 @@ from .datasets import imagefolder_items, make_toy_images
 from .encoders import load_encoder
 from .extraction import class_text_entry, dist_barrier, dist_rank_world, extract_embeddings
 from .params import RunParams, resolve
-from .protocols import PROTOCOL_SOURCES, cache_name, load_protocol
+from .protocols import PROTOCOLS, cache_name, load_protocol
 from .runfolder import index_path, write_index
 from .synthetic import SyntheticSpec, make_synthetic
 from .utils import hash_config
@@ -153,13 +153,13 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
     rank, world = dist_rank_world()
     if world > 1:  # under torchrun: rank 0 downloads / extracts / generates first, alone
         if rank == 0:
-            if dataset in PROTOCOL_SOURCES:
+            if dataset in PROTOCOLS:
                 load_protocol(dataset, data_root, allow_download=p.download)
             elif dataset.startswith("toy"):
                 make_toy_images(data_root / dataset)
         dist_barrier()
     loader = None
-    if dataset in PROTOCOL_SOURCES:
+    if dataset in PROTOCOLS:
         items, class_names, loader = load_protocol(dataset, data_root, allow_download=p.download)
         if not p.with_domains:  # one domain: no out-of-domain split (nor DomainNet's ood_<domain> ones)
             items = {k: v for k, v in items.items() if k != "ood" and not k.startswith("ood_")}

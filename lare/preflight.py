@@ -25,7 +25,7 @@ from huggingface_hub import scan_cache_dir
 from . import byo
 from .encoders import EncoderError, check_pretrained, resolve_model_name
 from .params import ParameterError, RunParams, dataset_files, load_params, overrides_from, profiles, resolve
-from .protocols import PROTOCOL_SOURCES, check_sources
+from .protocols import PROTOCOLS, check_sources
 from .runfolder import shots_problem
 from .sources import CUB, cub_items, network_reachable
 from .treecheck import imagefolder_problems, tree_problems
@@ -124,7 +124,7 @@ def check(p: RunParams, notes: list[str] | None = None) -> list[str]:
     problems, files = byo_problems(p, notes) if p.source == "byo" else ([], {})
     if p.source == "images":
         root = p.data_path
-        if p.dataset in PROTOCOL_SOURCES:
+        if p.dataset in PROTOCOLS:
             missing = check_sources(p.dataset, root, allow_download=p.download)
             problems += missing or tree_problems(p.dataset, root, skip_bad_images=p.skip_bad_images)
         elif p.dataset.startswith("toy"):
@@ -134,7 +134,7 @@ def check(p: RunParams, notes: list[str] | None = None) -> list[str]:
             problems += imagefolder_problems(root / p.dataset, splits, skip_bad_images=p.skip_bad_images)
         else:
             problems.append(f"dataset {p.dataset!r}: no folder {root / p.dataset} (expected train/ and test/ with "
-                            f"NNN.Class_Name/ image folders), and it is not one of {sorted(PROTOCOL_SOURCES)}")
+                            f"NNN.Class_Name/ image folders), and it is not one of {sorted(PROTOCOLS)}")
         for name, enc in p.encoders.items():
             problems += [f"encoder {name!r}: {x}" for x in _weights_problems(enc["model"], str(enc.get("pretrained", "none")))]
     smallest = smallest_train_class(p, files)

@@ -66,7 +66,6 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     *(Protocol(f"cifar100_lt{f}", ("cifar100",), _read_cifar100, imbalance=f, images_of="cifar100")
       for f in IMBALANCE_FACTORS),
 )}
-PROTOCOL_SOURCES = PROTOCOLS  # the names the preflight and notebook 01 recognise
 
 
 def cache_name(dataset: str) -> str:

@@ -2,7 +2,8 @@
 
 The preflight first checks that a dataset is there (:func:`lare.protocols.check_sources`); these
 checks then read it the way notebook 01 will: CIFAR-100's pickles (keys, dtypes, shapes, labels),
-every image CUB-200-2011's metadata lists and the paintings' class folders, an own image folder's
+every image CUB-200-2011's metadata lists and the paintings' class folders, every image DomainNet's
+lists name, an own image folder's
 splits and classes. Each returns problems that name the file and say what to do; none raises.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import Item, imagefolder_items
-from .sources import CIFAR100, CUB, CUB_PAINTINGS, cub_items, painting_items
+from .domainnet import DOMAINS, LIST_FOLDER, SUBDIR, domainnet_items
+from .sources import CIFAR100, CUB, CUB_PAINTINGS, DatasetIntegrityError, cub_items, painting_items
 
 CIFAR_KEYS = ("data", "fine_labels")  # what notebook 01 reads of each split's pickle
 CIFAR_ROW = 3 * 32 * 32  # one 32x32 RGB image, channel-planar
@@ -132,6 +134,20 @@ def cub_problems(root: Path, *, skip_bad_images: bool = False) -> list[str]:
     return problems
 
 
+def domainnet_problems(root: Path, *, skip_bad_images: bool = False) -> list[str]:
+    """DomainNet (its folders and lists present under ``root``): lists that read and agree, and every
+    image they name there."""
+    folder = root / SUBDIR
+    if not all((folder / d).is_dir() for d in DOMAINS) or not (folder / LIST_FOLDER).is_dir():
+        return []  # still to be extracted or downloaded: notebook 01's prepare() checks the rest
+    try:
+        items, _ = domainnet_items(folder)
+    except DatasetIntegrityError as err:
+        return [f"DomainNet: {err}"]
+    return _file_problems("DomainNet", f"the SENTRY lists in {folder / LIST_FOLDER}",
+                          [it for split in items.values() for it in split], skip_bad_images)
+
+
 def imagefolder_problems(root: Path, splits: tuple[str, ...], *, skip_bad_images: bool = False) -> list[str]:
     """An own ``<root>/<split>/<NNN.Class_Name>/*.jpg`` dataset: every split there, with images and
     the same classes as ``train``."""
@@ -160,10 +176,12 @@ def imagefolder_problems(root: Path, splits: tuple[str, ...], *, skip_bad_images
 
 
 def tree_problems(dataset: str, root: Path, *, skip_bad_images: bool = False) -> list[str]:
-    """The deep checks of a protocol dataset whose folders are present (CUB, CIFAR-100 and its LT subsets;
-    DomainNet checks its listed images in :func:`lare.domainnet.check_domainnet`)."""
+    """The deep checks of a protocol dataset whose folders are present (CUB, CIFAR-100 and its LT subsets,
+    DomainNet)."""
     if dataset == "cub":
         return cub_problems(root, skip_bad_images=skip_bad_images)
+    if dataset == "domainnet":
+        return domainnet_problems(root, skip_bad_images=skip_bad_images)
     if dataset.startswith("cifar100") and (folder := CIFAR100.find_folder(root)) is not None:
         return cifar100_problems(folder)
     return []

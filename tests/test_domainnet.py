@@ -7,6 +7,7 @@ import pytest
 from lare.domainnet import DOMAINS, LIST_FOLDER, SUBDIR, check_domainnet, domainnet_items, list_names, load_domainnet
 from lare.protocols import cache_name, check_sources, imbalance_of, load_protocol
 from lare.sources import DatasetIntegrityError, DatasetMissingError
+from lare.treecheck import tree_problems
 
 CLASSES = ["aircraft_carrier", "zebra", "bee"]
 
@@ -56,7 +57,9 @@ def test_missing_everything_says_how_to_get_it(tmp_path):
 def test_missing_image_and_bad_lists_are_named(tmp_path):
     root = fake_domainnet(tmp_path)
     next((root / "real").rglob("*.jpg")).unlink()
-    assert "images the SENTRY lists name are missing" in check_domainnet(tmp_path, allow_download=False)[0]
+    assert check_domainnet(tmp_path, allow_download=False) == []  # the sources are there: the preflight's deep check
+    problem = tree_problems("domainnet", tmp_path)[0]  # opens what notebook 01 reads, and finds the hole
+    assert "DomainNet: 1 of the 30 images the SENTRY lists in" in problem and "are missing" in problem
     (root / LIST_FOLDER / "clipart_test_mini.txt").write_text("clipart/bee/x.jpg 1\nclipart/newt/y.jpg 2\n")
     with pytest.raises(DatasetIntegrityError, match="other classes"):
         domainnet_items(root)
