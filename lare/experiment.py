@@ -223,8 +223,14 @@ def search_unit(m: Method, splits, p: RunParams, sections: dict, seed: int) -> d
     best = select(results, p.probe.select)
     chosen = results[best]
     return {"metrics_by_domain": {d: v for d, v in chosen.items() if d in EVAL_DOMAINS.values() or d.startswith(OOD_PREFIX)},
-            "extra": {"trial": best, "selected": trials[best], "val_score": chosen.get(VALIDATION, {}).get(p.probe.select),
+            "extra": {"trial": best, "selected": {**trials[best], **solved(chosen)},
+                      "val_score": chosen.get(VALIDATION, {}).get(p.probe.select),
                       "trials": [{"settings": t, **r} for t, r in zip(trials, results, strict=True)]}}
+
+
+def solved(metrics: dict) -> dict:
+    """What the ``lbfgs`` probe chose by itself (its l2), as settings: ``{"probe.l2": ...}`` or ``{}``."""
+    return {f"probe.{k}": v for k, v in metrics.get("probe", {}).items()}
 
 
 def baseline_methods() -> list[str]:

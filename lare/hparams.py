@@ -60,14 +60,23 @@ def _setting_seed(seed: int, trial: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{trial}/{name}".encode()).digest()[:6], "big")
 
 
-def trial_settings(method: str, trials: int, seed: int = 0) -> list[dict]:
+def space_of(method: str, solver: str = "adamw") -> dict[str, Space]:
+    """The settings a search of ``method`` draws: with the ``lbfgs`` probe solver the probe's training
+    settings play no part (its l2 is solved for on a grid), so only the method's own remain."""
+    space = HPARAMS.get(method, {})
+    return {k: v for k, v in space.items() if k not in PROBE} if solver == "lbfgs" else dict(space)
+
+
+def trial_settings(method: str, trials: int, seed: int = 0, solver: str = "adamw") -> list[dict]:
     """The settings of each trial of ``method``: ``[{}, {"probe.lr": ..., ...}, ...]`` (trial 0: defaults).
 
     A seeded Latin-hypercube draw: for each setting the N - 1 random trials take one value from
     each of N - 1 equal strata of its space, in a random order, so a small budget still covers
     every range. The order and the offsets within strata come from a generator seeded by
-    (search seed, setting name), so a setting shared by two methods takes the same values."""
-    space = HPARAMS.get(method, {})
+    (search seed, setting name), so a setting shared by two methods takes the same values, whatever
+    the other settings drawn (``solver``: see :func:`space_of`). A method with nothing to draw has
+    one trial: more would repeat it."""
+    space = space_of(method, solver)
     if trials < 1:
         raise ValueError(f"a search needs at least one trial, got {trials}")
     if not space or trials == 1:

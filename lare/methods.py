@@ -28,9 +28,10 @@ from .batched import differing, train_box_trials, train_lads_trials
 from .box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
 from .lads import LADSConfig, train_lads
 from .longtail import group_accuracy
-from .probe import FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
-from .reference import DEFAULT_L2_GRID, reference_probe
+from .probe import DEFAULT_L2_GRID, FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
+from .reference import reference_probe
 from .trials import train_probe_trials
+from .utils import make_generator, resolve_device
 
 Metrics = dict[str, dict[str, float]]
 VALIDATION = "validation"  # the metrics' key for the validation split, on which a search selects
@@ -135,11 +136,39 @@ def run_zero_shot(splits: EmbeddingSplits, config: None = None, device=None) -> 
     return evaluate(lambda x: zero_shot_predict(x, splits.class_text), splits)
 
 
+def solved_probe(splits: EmbeddingSplits, config: ProbeConfig, extra: tuple[torch.Tensor, torch.Tensor] | None,
+                 device=None) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """The ``lbfgs`` solver's probe: logistic regression on the originals plus ``extra`` (one fixed
+    draw of an augmenter), solved for every l2 of ``config.l2_grid``, the best on validation kept.
+    Returns its predict function and what it chose (``{"l2": ...}``)."""
+    x, y = splits.train_x, splits.train_y
+    if extra is not None:
+        x, y = torch.cat([x, extra[0].to(x.device, x.dtype)]), torch.cat([y, extra[1].to(y.device)])
+    res = reference_probe(x, y, splits.val_x, splits.val_y, splits.num_classes, l2_grid=config.l2_grid,
+                          select=config.select, device=device)
+    return res.predict, {"l2": res.l2}
+
+
+def fit_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None, augment=None) -> Metrics:
+    """Step 2 of every method: the probe on the originals (plus the augmenter's embeddings) by the
+    config's solver, evaluated; with ``lbfgs`` the augmenter is drawn once (generator seed + 1,
+    the draw ``train_probe`` makes for its first epoch) and the chosen l2 is reported."""
+    if config.solver == "lbfgs":
+        dev = resolve_device(device)
+        extra = None
+        if augment is not None:
+            augment = augment.to(dev) if hasattr(augment, "to") else augment
+            extra = augment(0, make_generator(config.seed + 1, dev))
+        predict, chosen = solved_probe(splits, config, extra, device)
+        return {**evaluate(predict, splits), "probe": chosen}
+    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config, val_x=splits.val_x,
+                      val_y=splits.val_y, augment=augment, device=device, progress=False)
+    return evaluate(res.predict, splits)
+
+
 def run_linear_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None) -> Metrics:
     """The "fine-tuning" baseline: a linear probe on the original embeddings only."""
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config, val_x=splits.val_x,
-                      val_y=splits.val_y, device=device, progress=False)
-    return evaluate(res.predict, splits)
+    return fit_probe(splits, config, device)
 
 
 def run_lads(splits: EmbeddingSplits, config: LADSMethodConfig, device=None) -> Metrics:
@@ -147,10 +176,7 @@ def run_lads(splits: EmbeddingSplits, config: LADSMethodConfig, device=None) -> 
     source, target = (splits.extra_text[k] for k in DOMAIN_PROMPTS)
     aug = train_lads(splits.train_x, splits.train_y, source, target, config.lads, val_x=splits.val_x,
                      val_y=splits.val_y, device=device, progress=False)
-    extra = FixedAugment(aug.augment(splits.train_x), splits.train_y)
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config.probe, val_x=splits.val_x,
-                      val_y=splits.val_y, augment=extra, device=device, progress=False)
-    return evaluate(res.predict, splits)
+    return fit_probe(splits, config.probe, device, FixedAugment(aug.augment(splits.train_x), splits.train_y))
 
 
 def lare_boxes(splits: EmbeddingSplits, config: LAREConfig, device=None) -> BoxTrainResult:
@@ -171,9 +197,7 @@ def run_lare(splits: EmbeddingSplits, config: LAREConfig, device=None) -> Metric
     lower, upper = lare_boxes(splits, config, device).boxes(splits.train_x)
     s = config.sampling
     sampler = BoxSampler(lower, upper, splits.train_y, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config.probe, val_x=splits.val_x,
-                      val_y=splits.val_y, augment=sampler, device=device, progress=False)
-    return {**evaluate(res.predict, splits), "boxes": {"log_width": box_log_width(lower, upper)}}
+    return {**fit_probe(splits, config.probe, device, sampler), "boxes": {"log_width": box_log_width(lower, upper)}}
 
 
 def run_reference_probe(splits: EmbeddingSplits, config: ReferenceConfig, device=None) -> Metrics:
@@ -185,8 +209,26 @@ def run_reference_probe(splits: EmbeddingSplits, config: ReferenceConfig, device
 
 
 # ---------------------------------------------------------------- trials as one batched model
+def _solved_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None) -> list[Metrics]:
+    """``lbfgs`` probe trials: each trial's augmenter row drawn once by its own generator (seed + 1, as
+    :func:`fit_probe` draws alone), then each trial solved on its own."""
+    dev = resolve_device(device)
+    extra = None
+    if augment is not None:
+        augment = augment.to(dev) if hasattr(augment, "to") else augment
+        extra = augment(0, [make_generator(c.seed + 1, dev) for c in probes])
+    out = []
+    for i, c in enumerate(probes):
+        predict, chosen = solved_probe(splits, c, None if extra is None else (extra[0][i], extra[1][i]), device)
+        out.append({**evaluate(predict, splits), "probe": chosen})
+    return out
+
+
 def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None) -> list[Metrics]:
-    """Probe trials that differ in lr, weight decay and l2 (the rest shared) as one batched model."""
+    """Probe trials that differ in lr, weight decay and l2 (the rest shared) as one batched model
+    (``lbfgs`` trials: one solve each, see :func:`_solved_trials`)."""
+    if probes[0].solver == "lbfgs":
+        return _solved_trials(splits, probes, device, augment)
     p = probes[0]
     res = train_probe_trials(splits.train_x, splits.train_y, splits.num_classes,
                              lr=torch.tensor([c.lr for c in probes], dtype=torch.float64),
@@ -202,7 +244,10 @@ def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, au
 
 
 def _batchable(probes: list[ProbeConfig]) -> bool:
-    """The batched probe covers fp32 trials that differ only in lr, weight decay and l2, with early stopping."""
+    """The batched probe covers fp32 trials that differ only in lr, weight decay and l2, with early stopping;
+    ``lbfgs`` trials (solved one by one after a shared augmenter) may differ in anything."""
+    if all(c.solver == "lbfgs" for c in probes):
+        return True
     return probes[0].precision == "fp32" and probes[0].patience > 0 and not differing(probes, {"lr", "weight_decay", "l2"})
 
 
@@ -235,7 +280,8 @@ def trials_lads(splits: EmbeddingSplits, configs: list[LADSMethodConfig], device
 
 
 def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None) -> list[Metrics]:
-    if not _batchable([c.probe for c in configs]) or not all(c.sampling.fresh for c in configs):
+    lbfgs = all(c.probe.solver == "lbfgs" for c in configs)  # one draw either way: fresh plays no part
+    if not _batchable([c.probe for c in configs]) or not (lbfgs or all(c.sampling.fresh for c in configs)):
         return [run_lare(splits, c, device) for c in configs]
     # notebook 02's f_Box serves the trial that asks for its settings; the others train together
     boxes: dict = {splits.boxes.config: splits.boxes} if splits.boxes is not None else {}

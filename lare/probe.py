@@ -22,6 +22,8 @@ from .train import SCORE_TIE_TOL, EarlyStop, TrainingConfig, autocast, batches, 
 from .utils import make_generator, resolve_device
 
 SELECT_METRICS = ("balanced_acc", "top1")
+SOLVERS = ("adamw", "lbfgs")
+DEFAULT_L2_GRID = tuple(10.0 ** (e / 2) for e in range(0, -13, -1))  # 1e0 .. 1e-6, two steps a decade: 13 values
 
 
 # ---------------------------------------------------------------- metrics and zero-shot
@@ -89,12 +91,21 @@ class ProbeConfig(TrainingConfig):
         with ``weight_decay`` 0 the probe minimises the regularised logistic-regression objective
         of the reference probe (:mod:`lare.reference`); AdamW's decoupled weight decay does not
         (its fixed point is another, per-coordinate regulariser). Default 0 (LADS's probe).
+    solver: ``adamw`` (default: the recipe above, epochs of mini-batches, the best epoch kept) or
+        ``lbfgs``: the probe is the multinomial logistic regression of :mod:`lare.reference`,
+        solved to convergence with full-batch L-BFGS for every ``l2`` of ``l2_grid``, the one with
+        the best validation ``select`` kept. The training settings (lr, epochs, batches, patience,
+        weight decay, l2) then play no part, and an augmenter is drawn once (seeded by seed + 1)
+        rather than every epoch: the fixed set is what the solver minimises over.
+    l2_grid: the L2 strengths of the ``lbfgs`` solver (default 1e0 .. 1e-6, two a decade).
     """
 
     weight_decay: float = 0.05
     min_steps: int = 200
     select: str = "balanced_acc"
     l2: float = 0.0
+    solver: str = "adamw"
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,6 +113,13 @@ class ProbeConfig(TrainingConfig):
             raise ValueError(f"l2 must be a finite number >= 0, got {self.l2!r}")
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if isinstance(self.l2_grid, str) or not hasattr(self.l2_grid, "__iter__"):
+            raise ValueError(f"l2_grid must be a list of numbers >= 0, got {self.l2_grid!r}")
+        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
+        if not self.l2_grid or any(not (math.isfinite(v) and v >= 0) for v in self.l2_grid):
+            raise ValueError(f"l2_grid must be a non-empty list of finite numbers >= 0, got {list(self.l2_grid)!r}")
 
 
 @dataclass

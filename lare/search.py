@@ -24,15 +24,25 @@ PROTOCOLS = ("tuned", "fixed")
 TRAINERS = ("box", "probe", "lads")  # the sections that train (and so take the search's patience and budget)
 
 
+SOLVERS = ("adamw", "lbfgs")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """trials: per method and unit, the same for every method. seed: the draws of the search spaces.
-    patience, max_epochs: early stopping of every trainer, and the budget of epochs it may use."""
+    patience, max_epochs: early stopping of every trainer, and the budget of epochs it may use.
+    solver: how every method's probe is trained under ``tuned`` (it sets ``probe.solver``):
+    ``adamw`` (default): the AdamW probe with early stopping, its lr, weight decay and l2 drawn by
+    the trials, N trials trained as one batched model. ``lbfgs``: every method's classifier solved
+    to convergence for each l2 of ``probe.l2_grid``, the l2 chosen on validation (the reference
+    probe's solver), augmenters drawn once; the trials then draw only each method's own settings
+    (the linear probe has none: one trial, the reference's numbers)."""
 
     trials: int = 8
     seed: int = 0
     patience: int = 10
     max_epochs: int = 300
+    solver: str = "adamw"
 
     def __post_init__(self):
         for name in ("trials", "patience", "max_epochs"):
@@ -40,6 +50,8 @@ class SearchConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"search.solver must be one of {SOLVERS}, got {self.solver!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,13 +71,16 @@ def protocol_sections(sections: dict, protocol: str, search: SearchConfig) -> di
     within the budget); ``fixed`` leaves today's recipe as it is."""
     if protocol == "fixed":
         return dict(sections)
-    return {k: dataclasses.replace(v, epochs=search.max_epochs, patience=search.patience) if k in TRAINERS else v
-            for k, v in sections.items()}
+    out = {k: dataclasses.replace(v, epochs=search.max_epochs, patience=search.patience) if k in TRAINERS else v
+           for k, v in sections.items()}
+    if "probe" in out:
+        out["probe"] = dataclasses.replace(out["probe"], solver=search.solver)
+    return out
 
 
 def trials_of(m: Method, protocol: str, search: SearchConfig) -> list[dict]:
     """Each trial's settings for method ``m`` (fixed: the one default trial)."""
-    return trial_settings(m.name, search.trials, search.seed) if protocol == "tuned" else [{}]
+    return trial_settings(m.name, search.trials, search.seed, search.solver) if protocol == "tuned" else [{}]
 
 
 def configs_of(m: Method, sections: dict, trials: list[dict], protocol: str, search: SearchConfig, seed: int) -> list:

@@ -17,6 +17,8 @@ from lare.lads import LADSConfig, train_lads
 from lare.methods import REGISTRY, run_lads, run_lare, run_linear_probe
 from lare.params import build
 from lare.probe import ProbeConfig, train_probe
+from lare.results import read_rows
+from lare.runfolder import results_path
 from lare.search import SearchConfig, configs_of, select, trials_of
 from lare.stats import paired_interval, t975
 from lare.train import LOSS_REL_TOL, EarlyStop
@@ -44,17 +46,25 @@ def world(tmp_path_factory):
     return root
 
 
-def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world):
+@pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
+def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world, solver):
     """The default protocol's probe (search, converged trials, chosen on validation) against
-    multinomial logistic regression solved with L-BFGS, in and out of domain, per encoder."""
-    p = params(world)
-    assert p.protocol == "tuned"  # the default
+    multinomial logistic regression solved with L-BFGS, in and out of domain, per encoder. With the
+    default solver it is that regression (its l2 chosen the same way): the same numbers exactly."""
+    p = params(world, search={"trials": 8, "solver": solver}, run_dir=str(world / f"run_{solver}"))
+    assert p.protocol == "tuned" and SearchConfig().solver == "adamw"  # the defaults
+    for e in p.encoders:
+        ingest.extract(p, e)
     rows = experiment.run_methods(p, ["linear-probe", "linear-probe-lbfgs"])
     mean = rows.groupby(["method", "encoder", "domain"])["top1"].mean()
     for enc in p.encoders:
         for dom in ("in_domain", "out_of_domain"):
             gap = mean["linear-probe-lbfgs", enc, dom] - mean["linear-probe", enc, dom]
-            assert gap <= 1.0, (enc, dom, gap)
+            assert gap == 0.0 if solver == "lbfgs" else gap <= 1.0, (enc, dom, gap)
+    if solver == "lbfgs":  # one trial (nothing to draw), and the l2 it solved for is recorded
+        lp = [r for r in read_rows(results_path(p.run_path)) if r["method"] == "linear-probe"]
+        assert lp and all(r["trial"] == 0 and len(r["trials"]) == 1 and set(r["selected"]) == {"probe.l2"} for r in lp)
+        return
     # the fixed recipe (AdamW, 50 epochs, decoupled weight decay) is the under-trained probe the search replaces
     pf = params(world, protocol="fixed", run_dir=str(world / "fixed"))
     for e in pf.encoders:
@@ -63,10 +73,11 @@ def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world):
     assert fixed.groupby("domain")["top1"].mean()["out_of_domain"] < mean["linear-probe"].xs("out_of_domain", level=1).mean()
 
 
+@pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
 @pytest.mark.parametrize("method", ["linear-probe", "lare", "lads"])
-def test_selection_never_reads_the_out_of_domain_set(world, method):
+def test_selection_never_reads_the_out_of_domain_set(world, method, solver):
     """Permuting the out-of-domain labels changes no selected setting and no in-domain number."""
-    p = params(world, search={"trials": 4})
+    p = params(world, search={"trials": 4, "solver": solver})
     m = REGISTRY[method]
     s = experiment.unit_splits(p, "coca", 0, 0)
     x, y = s.evals["out_of_domain"]
@@ -89,18 +100,23 @@ def test_select_reads_only_the_validation_scores():
     assert select(trials, "top1", domain="out_of_domain") == 0
 
 
+@pytest.mark.parametrize("solver", ["adamw", "lbfgs"])
 @pytest.mark.parametrize("method", ["linear-probe", "lads", "lare"])
-def test_batched_trials_equal_the_same_trials_one_by_one(world, method):
+def test_batched_trials_equal_the_same_trials_one_by_one(world, method, solver):
     """The same metrics, exactly: the batched probe, f_Box (the same fused loss per trial) and LADS
-    augmenter (its weighted cross-entropy per trial) take each trial's steps as it takes them alone."""
-    p = params(world, search={"trials": 4, "max_epochs": 40})
+    augmenter (its weighted cross-entropy per trial) take each trial's steps as it takes them alone;
+    with the lbfgs solver each trial's one draw of the augmenter is the draw it makes alone."""
+    p = params(world, search={"trials": 4, "max_epochs": 40, "solver": solver})
     m = REGISTRY[method]
     s = experiment.unit_splits(p, "coca", 0, 1)
     sections = {k: getattr(p, k) for k in m.sections}
     trials = trials_of(m, p.protocol, p.search)
     configs = configs_of(m, sections, trials, p.protocol, p.search, 1)
+    assert len(configs) == (1 if (solver, method) == ("lbfgs", "linear-probe") else 4)
     batched = m.run_trials(s, configs, "cpu")
     alone = [m.run(s, c, "cpu") for c in configs]
+    if solver == "lbfgs" and method != "linear-probe":  # the trials differ, so the test can fail
+        assert len({a["validation"]["top1"] for a in alone}) > 1
     for b, a in zip(batched, alone, strict=True):
         for dom in a:
             for key in a[dom]:
@@ -157,6 +173,11 @@ def test_search_spaces_and_equal_budgets():
     # stratified: the 5 random trials of one setting fall in 5 different fifths of its (log) range
     fifths = sorted(int(5 * (math.log(t["probe.lr"]) - math.log(1e-3)) / (math.log(1e-1) - math.log(1e-3))) for t in lp[1:])
     assert fifths == [0, 1, 2, 3, 4]
+    # the lbfgs solver solves for l2 itself: the trials draw only the method's own settings, the same values
+    assert trial_settings("linear-probe", 6, solver="lbfgs") == [{}]
+    solved = trial_settings("lare", 6, solver="lbfgs")
+    assert len(solved) == 6 and all(set(t) == {"box.alpha", "sampling.k", "box.scale"} for t in solved[1:])
+    assert [t["box.alpha"] for t in solved[1:]] == [t["box.alpha"] for t in lare[1:]]
 
 
 def test_paired_interval():
@@ -174,6 +195,9 @@ def test_fixed_protocol_runs_one_recipe(world):
     assert cfg.probe == dataclasses.replace(p.probe, seed=0) and cfg.box.patience == 0
     tuned = configs_of(m, sections, [{}], "tuned", p.search, 0)[0]
     assert tuned.box.patience == p.search.patience and tuned.probe.epochs == p.search.max_epochs
+    assert cfg.probe.solver == tuned.probe.solver == "adamw"  # fixed: today's recipe; tuned: the search's solver
+    solved = configs_of(m, sections, [{}], "tuned", SearchConfig(solver="lbfgs"), 0)[0]
+    assert solved.probe.solver == "lbfgs" and solved.box == tuned.box
     assert run_lare is m.run and run_linear_probe is REGISTRY["linear-probe"].run and run_lads is REGISTRY["lads"].run
 
 
