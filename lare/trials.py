@@ -2,10 +2,11 @@
 
 A trial is one run of today's linear probe (:func:`lare.probe.train_probe`): ``nn.Linear(d, C)``
 seeded by its seed, AdamW with its own lr and weight decay, its own batch order, the epoch with
-the best validation score kept. N trials share every product: the weights are one (N, d, C)
-tensor, a step is one batched product and one batched AdamW update, validation one product per
-epoch. Trial i sees exactly what it sees alone (N = 1). Each trial stops on its own (early
-stopping with ``patience``); a stopped trial is frozen (its update masked) while the others go on.
+the best validation score kept. N trials share every product: the weights and biases are one
+(d + 1, N, C) tensor, a step is one batched product (with shared batches, one plain (b, d + 1) x
+(d + 1, N C) product) and one batched AdamW update, validation one product per epoch. Trial i
+sees exactly what it sees alone (N = 1). Each trial stops on its own (early stopping with
+``patience``); a stopped trial is frozen (its update masked) while the others go on.
 """
 
 from __future__ import annotations
@@ -71,49 +72,49 @@ def cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
     return loss, torch.bmm(x.transpose(1, 2), dlogits), dlogits.sum(1)
 
 
-def shared_cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                               bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`cross_entropy_grads` when every trial sees the same batch: x (b, d), y (b,). The N maps
-    are one (d, N C) matrix, so a step is two plain matrix products instead of N small ones."""
-    trials, d, c = weight.shape
-    w = weight.permute(1, 0, 2).reshape(d, trials * c)
-    logp = torch.addmm(bias.reshape(1, trials * c), x, w).view(-1, trials, c).log_softmax(-1)  # (b, N, C)
+def shared_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cross_entropy_grads` when every trial sees the same batch: x1 (b, d + 1), the inputs with
+    a column of ones; y (b,); theta (d + 1, N, C), every trial's weight rows and bias row side by side,
+    so the N maps are one (d + 1, N C) matrix and a step is two plain matrix products, the second
+    giving the weight and bias gradients at once in theta's layout. Returns loss (N,), grad like theta."""
+    rows, trials, c = theta.shape
+    logp = (x1 @ theta.view(rows, trials * c)).view(-1, trials, c).log_softmax(-1)  # (b, N, C)
     index = y.view(-1, 1, 1).expand(-1, trials, 1)
     loss = -logp.gather(-1, index).squeeze(-1).mean(0)
     dlogits = logp.exp_()
     dlogits.scatter_add_(-1, index, torch.full_like(dlogits[..., :1], -1.0))
-    dlogits /= x.shape[0]
-    grad_w = (x.T @ dlogits.view(-1, trials * c)).view(d, trials, c).permute(1, 0, 2)
-    return loss, grad_w, dlogits.sum(0)
+    grad = (x1.T @ dlogits.view(-1, trials * c)).div_(x1.shape[0])  # (d + 1, N C): the mean over b
+    return loss, grad.view(rows, trials, c)
 
 
 def _per_trial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(N,) values shaped to broadcast against a (N, ...) tensor, in its dtype."""
-    return v.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    """(N,) values shaped to broadcast against ``like``, whose dimension 1 holds the trials (d + 1, N, C)."""
+    return v.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
 
 
 def adamw_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-               step: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor, active: torch.Tensor | None = None) -> None:
-    """One AdamW step of N trials in place: param, grad and moments (N, ...); step, lr, weight_decay (N,) float64.
+               step: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor, frozen: torch.Tensor | None = None) -> None:
+    """One AdamW step of N trials in place: param, grad and moments (d + 1, N, C); step, lr, weight_decay (N,) float64.
 
     The update of ``torch.optim.AdamW`` (decoupled weight decay, bias correction, betas 0.9/0.999,
     eps 1e-8) in its order of operations, the per-trial scalars computed in float64 as torch
     computes its Python-float scalars. ``step``: the number of this step per trial (1 for the
-    first). ``active`` (N,) bool: trials with False keep their parameters and moments; None: all step.
+    first). ``frozen``: indices of the trials that keep their parameters and moments (stopped
+    ones); None: all step.
     """
     decay = _per_trial(1 - lr * weight_decay, param)
     step_size = _per_trial(-lr / (1 - BETA1 ** step), param)
     bias_correction2_sqrt = _per_trial((1 - BETA2 ** step).sqrt(), param)
-    masked = active is not None  # then update copies and keep the old values of stopped trials
-    p, m, v = (t.clone() if masked else t for t in (param, exp_avg, exp_avg_sq))
-    p.mul_(decay)
-    m.lerp_(grad, 1 - BETA1)
-    v.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
-    p.add_(step_size * m / (v.sqrt() / bias_correction2_sqrt).add_(EPS))
-    if masked:
-        keep = _per_trial(active, param).bool()
-        for old, new in ((param, p), (exp_avg, m), (exp_avg_sq, v)):
-            old.copy_(torch.where(keep, new, old))
+    # Stopped trials: the update runs on every trial, then their old values are put back (only
+    # theirs are saved), so the running trials take exactly the steps they take unmasked.
+    saved = None if frozen is None else [t.index_select(1, frozen) for t in (param, exp_avg, exp_avg_sq)]
+    param.mul_(decay)
+    exp_avg.lerp_(grad, 1 - BETA1)
+    exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
+    param.addcdiv_(exp_avg * step_size, (exp_avg_sq.sqrt().div_(bias_correction2_sqrt)).add_(EPS))
+    if saved is not None:
+        for t, old in zip((param, exp_avg, exp_avg_sq), saved, strict=True):
+            t.index_copy_(1, frozen, old)
 
 
 def init_trials(d: int, num_classes: int, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,16 +278,18 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     vx, vy = val_x.to(dev, torch.float32), val_y.to(dev, torch.long)
     lr64, wd64 = lr.to(dev, torch.float64), weight_decay.to(dev, torch.float64)
     # Coupled L2 on the weight rows of theta only (the bias row is not penalised).
-    l2_rows = torch.cat([l2.view(-1, 1, 1).expand(trials, d, 1), torch.zeros(trials, 1, 1)], 1).to(dev, torch.float32) \
+    l2_rows = torch.cat([l2.view(1, -1, 1).expand(d, trials, 1), torch.zeros(1, trials, 1)]).to(dev, torch.float32) \
         if bool((l2 > 0).any()) else None
     if augment is not None and hasattr(augment, "to"):
         augment = augment.to(dev)
 
-    # One tensor for all parameters, theta (N, d + 1, C): rows :d the weight, row d the bias, so
-    # each step is one AdamW pass (elementwise, so the same numbers as two).
+    # One tensor for all parameters, theta (d + 1, N, C): rows :d every trial's weight, row d the
+    # biases, so each step is one AdamW pass (elementwise, so the same numbers as two), and with
+    # shared batches the N maps are one (d + 1, N C) matrix without a copy.
     w0, b0 = init_trials(d, num_classes, list(seeds))
-    theta = torch.cat([w0, b0.unsqueeze(1)], dim=1).to(dev)
-    weight, bias = theta[:, :d], theta[:, d]
+    theta = torch.cat([w0, b0.unsqueeze(1)], dim=1).permute(1, 0, 2).contiguous().to(dev)
+    weight, bias = theta[:d].permute(1, 0, 2), theta[d]  # views (N, d, C), (N, C)
+    x1 = torch.cat([x, torch.ones(n, 1, device=dev)], dim=1)
     exp_avg, exp_avg_sq = torch.zeros_like(theta), torch.zeros_like(theta)
     step = torch.zeros(trials, dtype=torch.float64, device=dev)
     shared = len(set(seeds)) == 1  # the same seed: the same batch order, so the same batches
@@ -302,7 +305,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     stop_epoch = torch.full((trials,), epochs, dtype=torch.long, device=dev)
     rows = {k: [] for k in ("train_loss", "val_top1", "val_balanced_acc")}
 
-    all_running = True  # masking costs copies: only once some trial has stopped
+    frozen = running_idx = None  # the stopped and running trials' indices, once some trial has stopped
     bar = tqdm(range(epochs), desc=f"probe x{trials}", disable=not progress, leave=False)
     for epoch in bar:
         pool, pool_y, m = x, y.unsqueeze(0).expand(trials, -1), 0
@@ -312,16 +315,20 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
             pool, pool_y = torch.cat([x, ax.reshape(-1, d)]), torch.cat([pool_y, ay], dim=1)
         total = torch.zeros(trials, dtype=torch.float64, device=dev)
         for idx in epoch_batches(n + m, batch_size, order_gens, dev):
-            if shared and not m:  # one batch for all trials: gather it once
-                loss, grad_w, grad_b = shared_cross_entropy_grads(x[idx[0]], y[idx[0]], weight, bias)
+            if shared and not m and frozen is None:  # one batch for all trials: gather it once
+                loss, grad = shared_cross_entropy_grads(x1[idx[0]], y[idx[0]], theta)
+            elif shared and not m:  # only the running trials' products (the frozen ones' grads: 0)
+                loss_run, grad_run = shared_cross_entropy_grads(x1[idx[0]], y[idx[0]], theta.index_select(1, running_idx))
+                loss = torch.zeros(trials, device=dev).index_copy_(0, running_idx, loss_run)
+                grad = torch.zeros_like(theta).index_copy_(1, running_idx, grad_run)
             else:
                 xb, yb = pool[pooled_index(idx, n, m) if m else idx], pool_y.gather(1, idx)
                 loss, grad_w, grad_b = cross_entropy_grads(xb, yb, weight, bias)
-            grad = torch.cat([grad_w, grad_b.unsqueeze(1)], dim=1)
+                grad = torch.cat([grad_w.permute(1, 0, 2), grad_b.unsqueeze(0)])
             if l2_rows is not None:
                 grad += l2_rows * theta  # torch.optim.Adam's weight_decay: grad + l2 * W
             step += active.to(step.dtype)
-            adamw_step(theta, grad, exp_avg, exp_avg_sq, step, lr64, wd64, None if all_running else active)
+            adamw_step(theta, grad, exp_avg, exp_avg_sq, step, lr64, wd64, frozen)
             total += loss.to(torch.float64) * idx.shape[1]
         val = batched_metrics(batched_predict(vx, weight, bias), vy, num_classes)
 
@@ -330,7 +337,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         improved = active & (score > best + TIE_TOL)
         best = torch.where(improved, score, best)
         best_epoch = torch.where(improved, epoch, best_epoch)
-        best_theta = torch.where(improved.view(-1, 1, 1), theta, best_theta)
+        best_theta = torch.where(improved.view(1, -1, 1), theta, best_theta)
         since_best = torch.where(improved, 0, since_best + active.long())
         nan = torch.full_like(total, math.nan)
         for k, v in (("train_loss", total / (n + m)), ("val_top1", val["top1"]), ("val_balanced_acc", val["balanced_acc"])):
@@ -339,13 +346,14 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         stop_epoch = torch.where(stop, epoch + 1, stop_epoch)
         active &= ~stop
         running = int(active.sum())
-        all_running = running == trials
+        frozen = None if running == trials else (~active).nonzero().squeeze(1)
+        running_idx = active.nonzero().squeeze(1)
         bar.set_postfix(running=running)
         if running == 0:
             break
 
     return TrialsResult(
-        weight=best_theta[:, :d].contiguous(), bias=best_theta[:, d].contiguous(), last_weight=weight.contiguous(),
+        weight=best_theta[:d].permute(1, 0, 2).contiguous(), bias=best_theta[d].contiguous(), last_weight=weight.contiguous(),
         last_bias=bias.contiguous(), best_epoch=best_epoch.tolist(), epochs=stop_epoch.tolist(), steps=[int(s) for s in step.tolist()],
         stopped_by=["budget" if a else "patience" for a in active.tolist()],  # only early stopping clears a trial's flag
         best_score=best.tolist(), history={k: torch.stack(v).cpu() for k, v in rows.items()}, select=select,
