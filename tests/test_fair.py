@@ -210,3 +210,14 @@ def test_loss_patience_ignores_a_constant_added_to_the_loss():
         early = EarlyStop(10, rel_tol=LOSS_REL_TOL)
         stops.append(next(e for e, v in enumerate(losses) if early.update(e, v + shift, steps=e + 1)))
     assert stops[0] == stops[1] == stops[2] < 399
+
+
+def test_solver_settings_are_checked():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ProbeConfig(solver="sgd")
+    with pytest.raises(ValueError, match="search.solver must be one of"):
+        SearchConfig(solver="newton")
+    for bad in ([], [0.1, -1.0], [float("nan")], "0.1"):
+        with pytest.raises(ValueError, match="l2_grid"):
+            ProbeConfig(l2_grid=bad)
+    assert ProbeConfig(l2_grid=[1, 0.1]).l2_grid == (1.0, 0.1)  # a YAML list becomes the recorded tuple
