@@ -28,7 +28,7 @@ from .batched import differing, train_box_trials, train_lads_trials
 from .box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
 from .lads import LADSConfig, train_lads
 from .longtail import group_accuracy
-from .probe import DEFAULT_L2_GRID, FixedAugment, ProbeConfig, metrics, train_probe, zero_shot_predict
+from .probe import DEFAULT_L2_GRID, SELECT_METRICS, FixedAugment, ProbeConfig, check_l2_grid, metrics, train_probe, zero_shot_predict
 from .reference import reference_probe
 from .trials import train_probe_trials
 from .utils import make_generator, resolve_device
@@ -120,11 +120,9 @@ class ReferenceConfig:
     tol: float = 1e-6
 
     def __post_init__(self):
-        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
-        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
-            raise ValueError(f"l2_grid must be a non-empty list of values >= 0, got {self.l2_grid!r}")
-        if self.select not in ("balanced_acc", "top1"):
-            raise ValueError(f"select must be one of ('balanced_acc', 'top1'), got {self.select!r}")
+        object.__setattr__(self, "l2_grid", check_l2_grid(self.l2_grid))
+        if self.select not in SELECT_METRICS:
+            raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -149,16 +147,18 @@ def solved_probe(splits: EmbeddingSplits, config: ProbeConfig, extra: tuple[torc
     return res.predict, {"l2": res.l2}
 
 
+def _drawn_once(augment, generators, dev):
+    """An augmenter's one draw for the ``lbfgs`` solver (epoch 0, its generator(s)), on ``dev``."""
+    return (augment.to(dev) if hasattr(augment, "to") else augment)(0, generators)
+
+
 def fit_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None, augment=None) -> Metrics:
     """Step 2 of every method: the probe on the originals (plus the augmenter's embeddings) by the
     config's solver, evaluated; with ``lbfgs`` the augmenter is drawn once (generator seed + 1,
     the draw ``train_probe`` makes for its first epoch) and the chosen l2 is reported."""
     if config.solver == "lbfgs":
         dev = resolve_device(device)
-        extra = None
-        if augment is not None:
-            augment = augment.to(dev) if hasattr(augment, "to") else augment
-            extra = augment(0, make_generator(config.seed + 1, dev))
+        extra = None if augment is None else _drawn_once(augment, make_generator(config.seed + 1, dev), dev)
         predict, chosen = solved_probe(splits, config, extra, device)
         return {**evaluate(predict, splits), "probe": chosen}
     res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config, val_x=splits.val_x,
@@ -213,10 +213,7 @@ def _solved_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, a
     """``lbfgs`` probe trials: each trial's augmenter row drawn once by its own generator (seed + 1, as
     :func:`fit_probe` draws alone), then each trial solved on its own."""
     dev = resolve_device(device)
-    extra = None
-    if augment is not None:
-        augment = augment.to(dev) if hasattr(augment, "to") else augment
-        extra = augment(0, [make_generator(c.seed + 1, dev) for c in probes])
+    extra = None if augment is None else _drawn_once(augment, [make_generator(c.seed + 1, dev) for c in probes], dev)
     out = []
     for i, c in enumerate(probes):
         predict, chosen = solved_probe(splits, c, None if extra is None else (extra[0][i], extra[1][i]), device)

@@ -26,6 +26,16 @@ SOLVERS = ("adamw", "lbfgs")
 DEFAULT_L2_GRID = tuple(10.0 ** (e / 2) for e in range(0, -13, -1))  # 1e0 .. 1e-6, two steps a decade: 13 values
 
 
+def check_l2_grid(grid) -> tuple[float, ...]:
+    """An L2 grid (``probe.l2_grid``, ``reference.l2_grid``) as the recorded tuple of floats, or a clear error."""
+    if isinstance(grid, str) or not hasattr(grid, "__iter__"):
+        raise ValueError(f"l2_grid must be a list of numbers >= 0, got {grid!r}")
+    out = tuple(float(v) for v in grid)
+    if not out or any(not (math.isfinite(v) and v >= 0) for v in out):
+        raise ValueError(f"l2_grid must be a non-empty list of finite numbers >= 0, got {list(out)!r}")
+    return out
+
+
 # ---------------------------------------------------------------- metrics and zero-shot
 def metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> dict[str, float]:
     """Top-1 accuracy and balanced accuracy (mean of per-class recall over classes present), in %."""
@@ -115,11 +125,7 @@ class ProbeConfig(TrainingConfig):
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if isinstance(self.l2_grid, str) or not hasattr(self.l2_grid, "__iter__"):
-            raise ValueError(f"l2_grid must be a list of numbers >= 0, got {self.l2_grid!r}")
-        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
-        if not self.l2_grid or any(not (math.isfinite(v) and v >= 0) for v in self.l2_grid):
-            raise ValueError(f"l2_grid must be a non-empty list of finite numbers >= 0, got {list(self.l2_grid)!r}")
+        object.__setattr__(self, "l2_grid", check_l2_grid(self.l2_grid))
 
 
 @dataclass

@@ -18,13 +18,11 @@ from dataclasses import dataclass
 
 from .hparams import trial_settings
 from .methods import VALIDATION, Method, Metrics
+from .probe import SOLVERS
 from .train import is_int
 
 PROTOCOLS = ("tuned", "fixed")
 TRAINERS = ("box", "probe", "lads")  # the sections that train (and so take the search's patience and budget)
-
-
-SOLVERS = ("adamw", "lbfgs")
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import BatchedAugmenter
-from .probe import metrics
+from .probe import SELECT_METRICS, metrics
 from .train import SCORE_TIE_TOL, effective_epochs, is_int, seeded_init
 from .utils import make_generator, resolve_device
 
-SELECT_METRICS = ("balanced_acc", "top1")
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_optimizer uses them
 # Scores closer than this (in percentage points) tie: the same balanced accuracy reached with
 # different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
@@ -97,10 +96,11 @@ def adamw_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, e
     """One AdamW step of N trials in place: param, grad and moments (d + 1, N, C); step, lr, weight_decay (N,) float64.
 
     The update of ``torch.optim.AdamW`` (decoupled weight decay, bias correction, betas 0.9/0.999,
-    eps 1e-8) in its order of operations, the per-trial scalars computed in float64 as torch
-    computes its Python-float scalars. ``step``: the number of this step per trial (1 for the
-    first). ``frozen``: indices of the trials that keep their parameters and moments (stopped
-    ones); None: all step.
+    eps 1e-8), the per-trial scalars computed in float64 as torch computes its Python-float
+    scalars; the per-trial step size multiplies the first moment before the division (torch
+    passes a scalar to ``addcdiv``), so it agrees with torch to float rounding, not bit for bit.
+    ``step``: the number of this step per trial (1 for the first). ``frozen``: indices of the
+    trials that keep their parameters and moments (stopped ones); None: all step.
     """
     decay = _per_trial(1 - lr * weight_decay, param)
     step_size = _per_trial(-lr / (1 - BETA1 ** step), param)

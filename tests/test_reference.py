@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lare.reference import DEFAULT_L2_GRID, fit_logreg, reference_probe
+from lare.reference import DEFAULT_L2_GRID, fit_logreg, logreg_grads, logreg_objective, reference_probe
 from lare.synthetic import SyntheticSpec, make_synthetic
 from lare.trials import train_probe_trials
 from lare.utils import make_generator
@@ -142,3 +142,18 @@ def test_reference_probe_rejects_bad_inputs(synthetic, change):
     args = [kw.pop(k) for k in ("train_x", "train_y", "val_x", "val_y")]
     with pytest.raises(ValueError):
         reference_probe(*args, SPEC.num_classes, **kw)
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_written_out_gradient_is_autograds(l2):
+    """The solver's hand-written loss and gradients are those of logreg_objective under autograd."""
+    g = make_generator(3)
+    x, y = torch.randn(50, 7, generator=g, dtype=torch.float64), torch.randint(0, 4, (50,), generator=g)
+    w = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    expected = logreg_objective(x, y, w, b, l2)
+    expected.backward()
+    loss, grad_w, grad_b = logreg_grads(x, y, w.detach(), b.detach(), l2)
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad_w, w.grad)
+    torch.testing.assert_close(grad_b, b.grad)
