@@ -135,31 +135,39 @@ def run_zero_shot(splits: EmbeddingSplits, config: None = None, device=None) -> 
 
 
 def solved_probe(splits: EmbeddingSplits, config: ProbeConfig, extra: tuple[torch.Tensor, torch.Tensor] | None,
-                 device=None) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
-    """The ``lbfgs`` solver's probe: logistic regression on the originals plus ``extra`` (one fixed
-    draw of an augmenter), solved for every l2 of ``config.l2_grid``, the best on validation kept.
-    Returns its predict function and what it chose (``{"l2": ...}``)."""
-    x, y = splits.train_x, splits.train_y
+                 device=None, draws: int = 1) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """The ``lbfgs`` solver's probe: logistic regression on the originals plus ``extra`` (a fixed set
+    from an augmenter: ``draws`` draws, one after another, each row weighted ``1 / draws``), solved
+    for every l2 of ``config.l2_grid``, the best on validation kept. Returns its predict function
+    and what it chose (``{"l2": ...}``)."""
+    x, y, weight = splits.train_x, splits.train_y, None
     if extra is not None:
         x, y = torch.cat([x, extra[0].to(x.device, x.dtype)]), torch.cat([y, extra[1].to(y.device)])
+        if draws > 1:
+            n = len(splits.train_y)
+            weight = torch.cat([torch.ones(n, dtype=torch.float64), torch.full((len(y) - n,), 1.0 / draws, dtype=torch.float64)])
     res = reference_probe(x, y, splits.val_x, splits.val_y, splits.num_classes, l2_grid=config.l2_grid,
-                          select=config.select, device=device)
+                          select=config.select, device=device, sample_weight=weight)
     return res.predict, {"l2": res.l2}
 
 
-def _drawn_once(augment, generators, dev):
-    """An augmenter's one draw for the ``lbfgs`` solver (epoch 0, its generator(s)), on ``dev``."""
-    return (augment.to(dev) if hasattr(augment, "to") else augment)(0, generators)
+def _drawn(augment, generators, dev, draws: int = 1):
+    """An augmenter's first ``draws`` epochs (its generator(s) advancing) for the ``lbfgs`` solver, on
+    ``dev``, joined along the rows: (m * draws, d) alone, (N, m * draws, d) for N batched trials."""
+    augment = augment.to(dev) if hasattr(augment, "to") else augment
+    parts = [augment(epoch, generators) for epoch in range(draws)]
+    return tuple(torch.cat([p[i] for p in parts], dim=-2 + i) for i in (0, 1))
 
 
-def fit_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None, augment=None) -> Metrics:
+def fit_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None, augment=None, draws: int = 1) -> Metrics:
     """Step 2 of every method: the probe on the originals (plus the augmenter's embeddings) by the
-    config's solver, evaluated; with ``lbfgs`` the augmenter is drawn once (generator seed + 1,
-    the draw ``train_probe`` makes for its first epoch) and the chosen l2 is reported."""
+    config's solver, evaluated; with ``lbfgs`` the augmenter is drawn ``draws`` times (generator
+    seed + 1: the draws ``train_probe`` makes for its first epochs, see :func:`solved_probe`) and
+    the chosen l2 is reported."""
     if config.solver == "lbfgs":
         dev = resolve_device(device)
-        extra = None if augment is None else _drawn_once(augment, make_generator(config.seed + 1, dev), dev)
-        predict, chosen = solved_probe(splits, config, extra, device)
+        extra = None if augment is None else _drawn(augment, make_generator(config.seed + 1, dev), dev, draws)
+        predict, chosen = solved_probe(splits, config, extra, device, draws)
         return {**evaluate(predict, splits), "probe": chosen}
     res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config, val_x=splits.val_x,
                       val_y=splits.val_y, augment=augment, device=device, progress=False)
@@ -197,7 +205,7 @@ def run_lare(splits: EmbeddingSplits, config: LAREConfig, device=None) -> Metric
     lower, upper = lare_boxes(splits, config, device).boxes(splits.train_x)
     s = config.sampling
     sampler = BoxSampler(lower, upper, splits.train_y, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
-    return {**fit_probe(splits, config.probe, device, sampler), "boxes": {"log_width": box_log_width(lower, upper)}}
+    return {**fit_probe(splits, config.probe, device, sampler, s.solver_draws), "boxes": {"log_width": box_log_width(lower, upper)}}
 
 
 def run_reference_probe(splits: EmbeddingSplits, config: ReferenceConfig, device=None) -> Metrics:
@@ -209,23 +217,25 @@ def run_reference_probe(splits: EmbeddingSplits, config: ReferenceConfig, device
 
 
 # ---------------------------------------------------------------- trials as one batched model
-def _solved_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None) -> list[Metrics]:
-    """``lbfgs`` probe trials: each trial's augmenter row drawn once by its own generator (seed + 1, as
-    :func:`fit_probe` draws alone), then each trial solved on its own."""
+def _solved_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None,
+                   draws: int = 1) -> list[Metrics]:
+    """``lbfgs`` probe trials: each trial's augmenter row drawn ``draws`` times by its own generator
+    (seed + 1, as :func:`fit_probe` draws alone), then each trial solved on its own."""
     dev = resolve_device(device)
-    extra = None if augment is None else _drawn_once(augment, [make_generator(c.seed + 1, dev) for c in probes], dev)
+    extra = None if augment is None else _drawn(augment, [make_generator(c.seed + 1, dev) for c in probes], dev, draws)
     out = []
     for i, c in enumerate(probes):
-        predict, chosen = solved_probe(splits, c, None if extra is None else (extra[0][i], extra[1][i]), device)
+        predict, chosen = solved_probe(splits, c, None if extra is None else (extra[0][i], extra[1][i]), device, draws)
         out.append({**evaluate(predict, splits), "probe": chosen})
     return out
 
 
-def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None) -> list[Metrics]:
+def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None,
+                  draws: int = 1) -> list[Metrics]:
     """Probe trials that differ in lr, weight decay and l2 (the rest shared) as one batched model
-    (``lbfgs`` trials: one solve each, see :func:`_solved_trials`)."""
+    (``lbfgs`` trials: one solve each, see :func:`_solved_trials`; ``draws`` is theirs)."""
     if probes[0].solver == "lbfgs":
-        return _solved_trials(splits, probes, device, augment)
+        return _solved_trials(splits, probes, device, augment, draws)
     p = probes[0]
     res = train_probe_trials(splits.train_x, splits.train_y, splits.num_classes,
                              lr=torch.tensor([c.lr for c in probes], dtype=torch.float64),
@@ -277,7 +287,7 @@ def trials_lads(splits: EmbeddingSplits, configs: list[LADSMethodConfig], device
 
 
 def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None) -> list[Metrics]:
-    lbfgs = all(c.probe.solver == "lbfgs" for c in configs)  # one draw either way: fresh plays no part
+    lbfgs = all(c.probe.solver == "lbfgs" for c in configs)  # draws (sampling.solver_draws) stand in for fresh
     if not _batchable([c.probe for c in configs]) or not (lbfgs or all(c.sampling.fresh for c in configs)):
         return [run_lare(splits, c, device) for c in configs]
     # notebook 02's f_Box serves the trial that asks for its settings; the others train together
@@ -289,13 +299,13 @@ def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None)
                                        val_x=splits.val_x, val_y=splits.val_y, device=device)
             boxes.update(zip(distinct, trained, strict=True))
     out: list = [None] * len(configs)
-    for idx in _groups(configs, lambda c: (c.sampling.k, c.sampling.renormalize)).values():
+    for idx in _groups(configs, lambda c: (c.sampling.k, c.sampling.renormalize, c.sampling.solver_draws)).values():
         corners = [boxes[configs[i].box].boxes(splits.train_x) for i in idx]
         s = configs[idx[0]].sampling
         sampler = BatchedBoxSampler(torch.stack([c[0] for c in corners]), torch.stack([c[1] for c in corners]),
                                     splits.train_y, k=s.k, renormalize=s.renormalize)
-        for j, (i, m) in enumerate(zip(idx, _probe_trials(splits, [configs[i].probe for i in idx], device, sampler),
-                                       strict=True)):
+        trials = _probe_trials(splits, [configs[i].probe for i in idx], device, sampler, s.solver_draws)
+        for j, (i, m) in enumerate(zip(idx, trials, strict=True)):
             out[i] = {**m, "boxes": {"log_width": box_log_width(*corners[j])}}
     return out
 

@@ -50,30 +50,42 @@ class LogRegFit:
     loss: float
 
 
-def logreg_objective(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, l2: float) -> torch.Tensor:
-    """Mean cross-entropy of ``x @ weight.T + bias`` plus ``(l2 / 2) * ||weight||^2`` (bias unpenalised)."""
-    return F.cross_entropy(F.linear(x, weight, bias), y) + 0.5 * l2 * weight.pow(2).sum()
+def logreg_objective(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, l2: float,
+                     sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``x @ weight.T + bias`` plus ``(l2 / 2) * ||weight||^2`` (bias unpenalised);
+    with ``sample_weight`` (n,), the cross-entropy is that weighted mean instead."""
+    ce = F.cross_entropy(F.linear(x, weight, bias), y, reduction="none")
+    ce = ce.mean() if sample_weight is None else (ce * sample_weight).sum() / sample_weight.sum()
+    return ce + 0.5 * l2 * weight.pow(2).sum()
 
 
 @torch.no_grad()
 def logreg_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                 l2: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 l2: float, sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`logreg_objective` and its gradients (loss, d weight, d bias), written out (softmax minus
     one-hot) rather than through autograd: the same numbers at about half the cost, which is most
     of an L-BFGS solve."""
-    rows, n = torch.arange(len(y), device=x.device), len(y)
+    rows = torch.arange(len(y), device=x.device)
     logits = torch.addmm(bias, x, weight.T)
     lse = logits.logsumexp(1)
-    loss = (lse - logits[rows, y]).mean() + 0.5 * l2 * weight.pow(2).sum()
+    ce = lse - logits[rows, y]
     dlogits = logits.sub_(lse.unsqueeze(1)).exp_()
     dlogits[rows, y] -= 1.0
-    dlogits /= n
+    if sample_weight is None:
+        loss = ce.mean()
+        dlogits /= len(y)
+    else:
+        w = sample_weight.to(x.dtype) / sample_weight.sum()
+        loss = ce @ w
+        dlogits *= w.unsqueeze(1)
+    loss = loss + 0.5 * l2 * weight.pow(2).sum()
     grad_w = torch.addmm(weight, dlogits.T, x, beta=l2) if l2 else dlogits.T @ x
     return loss, grad_w, dlogits.sum(0)
 
 
 def solve_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: float, max_iter: int = 1000, tol: float = 1e-6,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None, dtype: torch.dtype = torch.float64) -> LogRegFit:
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None, dtype: torch.dtype = torch.float64,
+                 sample_weight: torch.Tensor | None = None) -> LogRegFit:
     """Minimise :func:`logreg_objective` on (x, y) with full-batch L-BFGS (strong-Wolfe line search).
 
     Starts from zero (or ``init``, a (weight, bias) warm start), on x's device, in ``dtype``. Runs
@@ -82,6 +94,7 @@ def solve_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: floa
     gradient test passed at the end and how many iterations were used.
     """
     x, y = x.to(dtype), y.to(x.device)
+    sw = None if sample_weight is None else sample_weight.to(x.device, dtype)
     d = x.shape[1]
     if init is None:
         w0, b0 = torch.zeros(num_classes, d, dtype=dtype), torch.zeros(num_classes, dtype=dtype)
@@ -96,7 +109,7 @@ def solve_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, l2: floa
                             tolerance_change=0.0, history_size=20, line_search_fn="strong_wolfe")  # 20 pairs: ample, small
 
     def closure() -> torch.Tensor:
-        loss, weight.grad, bias.grad = logreg_grads(x, y, weight, bias, l2)
+        loss, weight.grad, bias.grad = logreg_grads(x, y, weight, bias, l2, sw)
         return loss
 
     opt.step(closure)
@@ -181,7 +194,8 @@ class ReferenceResult:
 def reference_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, num_classes: int,
                     *, l2_grid: list[float] | tuple[float, ...] | None = None, select: str = "balanced_acc",
                     max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
-                    device: str | torch.device | None = None, dtype: torch.dtype = torch.float64) -> ReferenceResult:
+                    device: str | torch.device | None = None, dtype: torch.dtype = torch.float64,
+                    sample_weight: torch.Tensor | None = None) -> ReferenceResult:
     """The CLIP paper's linear probe: logistic regression with l2 chosen on the validation split.
 
     Every l2 of ``l2_grid`` (default :data:`DEFAULT_L2_GRID`, 1e0 to 1e-6) is fitted on the
@@ -189,6 +203,9 @@ def reference_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.T
     the most regularised (largest) l2 on ties. The returned model is that training-split fit: it
     is not refitted on train + validation, so the validation split stays a clean selection set
     and the model is the one whose score chose it. Nothing else (no test split) is read.
+
+    sample_weight: (n,) positive weights of the training rows in the cross-entropy's mean (default:
+    equal); the ``lbfgs`` probe solver gives each of D draws of augmented rows weight 1 / D.
 
     warm_start: fit the grid from the largest l2 down, each fit starting from the previous
     solution (the usual regularisation path; the large-l2 problems are well conditioned and
@@ -204,13 +221,16 @@ def reference_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.T
     grid = sorted({float(v) for v in (DEFAULT_L2_GRID if l2_grid is None else l2_grid)}, reverse=True)
     if not grid or any(not v >= 0 for v in grid):
         raise ValueError(f"l2_grid must be a non-empty list of values >= 0, got {l2_grid!r}")
+    if sample_weight is not None and (sample_weight.shape != train_y.shape or not bool((sample_weight > 0).all())):
+        raise ValueError(f"sample_weight must be {len(train_y)} positive values, one per training row")
     dev = resolve_device(device)
     x, y, vx = train_x.to(dev), train_y.to(dev), val_x.to(dev, dtype)
 
     scores, best, best_score, prev = [], None, -1.0, None
     for l2 in grid:
         init = (prev.weight, prev.bias) if warm_start and prev is not None else None
-        fit = solve_logreg(x, y, num_classes, l2=l2, max_iter=max_iter, tol=tol, init=init, dtype=dtype)
+        fit = solve_logreg(x, y, num_classes, l2=l2, max_iter=max_iter, tol=tol, init=init, dtype=dtype,
+                           sample_weight=sample_weight)
         with torch.no_grad():
             val = metrics(F.linear(vx, fit.weight, fit.bias).argmax(-1), val_y, num_classes)
         scores.append({"l2": l2, **{f"val_{k}": v for k, v in val.items()}, "converged": fit.converged,

@@ -123,6 +123,39 @@ def test_batched_trials_equal_the_same_trials_one_by_one(world, method, solver):
                 assert b[dom][key] == a[dom][key], (dom, key)
 
 
+def test_lbfgs_lare_fits_draws_of_its_box_samples(world):
+    """Under the lbfgs solver, LARE with fresh sampling solves the originals plus ``sampling.draws``
+    draws of box samples (its probe generator's first epochs), each row weighted 1 / draws; the
+    number of draws changes the result, and without fresh sampling the one fixed draw is used."""
+    from lare.box import BoxSampler
+    from lare.methods import LAREConfig, evaluate, lare_boxes
+    from lare.reference import reference_probe
+    from lare.utils import make_generator
+
+    p = params(world)
+    s = experiment.unit_splits(p, "coca", 0, 0)
+    probe = ProbeConfig(solver="lbfgs", l2_grid=(1e-2, 1e-3), seed=0)
+    config = LAREConfig(probe=probe, sampling=dataclasses.replace(LAREConfig().sampling, draws=3))
+    got = run_lare(s, config, "cpu")
+    lower, upper = lare_boxes(s, config, "cpu").boxes(s.train_x)
+    sampler, g = BoxSampler(lower, upper, s.train_y), make_generator(1)
+    draws = [sampler(epoch, g) for epoch in range(3)]
+    n = len(s.train_y)
+    ref = reference_probe(torch.cat([s.train_x] + [d[0] for d in draws]), torch.cat([s.train_y] + [d[1] for d in draws]),
+                          s.val_x, s.val_y, s.num_classes, l2_grid=probe.l2_grid,
+                          sample_weight=torch.cat([torch.ones(n), torch.full((3 * n,), 1 / 3)]))
+    expected = evaluate(ref.predict, s)
+    assert got["probe"]["l2"] == ref.l2
+    for dom in expected:
+        assert got[dom] == expected[dom], dom
+    one = run_lare(s, dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, draws=1)), "cpu")
+    assert any(one[dom] != got[dom] for dom in expected)
+    fixed = run_lare(s, dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, fresh=False)), "cpu")
+    assert all(fixed[dom] == one[dom] for dom in expected)
+    with pytest.raises(ValueError, match="sampling.draws"):
+        dataclasses.replace(config.sampling, draws=0)
+
+
 def test_batched_f_box_and_lads_weights_equal_one_by_one(world):
     p = params(world)
     s = experiment.unit_splits(p, "coca", 0, 2)

@@ -144,16 +144,38 @@ def test_reference_probe_rejects_bad_inputs(synthetic, change):
         reference_probe(*args, SPEC.num_classes, **kw)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("l2", [0.0, 0.3])
-def test_written_out_gradient_is_autograds(l2):
-    """The solver's hand-written loss and gradients are those of logreg_objective under autograd."""
+def test_written_out_gradient_is_autograds(l2, weighted):
+    """The solver's hand-written loss and gradients are those of logreg_objective under autograd
+    (with and without per-row weights)."""
     g = make_generator(3)
     x, y = torch.randn(50, 7, generator=g, dtype=torch.float64), torch.randint(0, 4, (50,), generator=g)
     w = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
-    expected = logreg_objective(x, y, w, b, l2)
+    sw = torch.rand(50, generator=g, dtype=torch.float64) + 0.1 if weighted else None
+    expected = logreg_objective(x, y, w, b, l2, sw)
     expected.backward()
-    loss, grad_w, grad_b = logreg_grads(x, y, w.detach(), b.detach(), l2)
+    loss, grad_w, grad_b = logreg_grads(x, y, w.detach(), b.detach(), l2, sw)
     torch.testing.assert_close(loss, expected.detach())
     torch.testing.assert_close(grad_w, w.grad)
     torch.testing.assert_close(grad_b, b.grad)
+
+
+def test_sample_weights_weigh_rows_as_copies(synthetic):
+    """Rows weighted 1 / D, each repeated D times, give the fit of one copy: the weights are what the
+    lbfgs solver's draws of augmented rows rely on. Unequal weights change the fit."""
+    s = synthetic
+    x, y, n = s["x"], s["y"], len(s["y"])
+    grid = [1e-2, 1e-3]
+    once = reference_probe(x, y, s["vx"], s["vy"], SPEC.num_classes, l2_grid=grid)
+    xx, yy = torch.cat([x[: n // 2], x[n // 2:], x[n // 2:], x[n // 2:]]), torch.cat([y[: n // 2]] + [y[n // 2:]] * 3)
+    sw = torch.cat([torch.ones(n // 2), torch.full((3 * (n - n // 2),), 1 / 3)])
+    thrice = reference_probe(xx, yy, s["vx"], s["vy"], SPEC.num_classes, l2_grid=grid, sample_weight=sw)
+    assert thrice.l2 == once.l2
+    torch.testing.assert_close(thrice.model.weight, once.model.weight, atol=1e-5, rtol=0)
+    unweighted = reference_probe(xx, yy, s["vx"], s["vy"], SPEC.num_classes, l2_grid=[once.l2])
+    assert (unweighted.model.weight - once.model.weight).abs().max() > 1e-3
+    for bad in (torch.ones(n - 1), torch.zeros(n), -torch.ones(n)):
+        with pytest.raises(ValueError, match="sample_weight"):
+            reference_probe(x, y, s["vx"], s["vy"], SPEC.num_classes, l2_grid=grid, sample_weight=bad)
