@@ -105,7 +105,7 @@ def test_select_reads_only_the_validation_scores():
 def test_batched_trials_equal_the_same_trials_one_by_one(world, method, solver):
     """The same metrics, exactly: the batched probe, f_Box (the same fused loss per trial) and LADS
     augmenter (its weighted cross-entropy per trial) take each trial's steps as it takes them alone;
-    with the lbfgs solver each trial's one draw of the augmenter is the draw it makes alone."""
+    with the lbfgs solver each trial's draws of the augmenter are the draws it makes alone."""
     p = params(world, search={"trials": 4, "max_epochs": 40, "solver": solver})
     m = REGISTRY[method]
     s = experiment.unit_splits(p, "coca", 0, 1)
