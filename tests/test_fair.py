@@ -28,6 +28,7 @@ SPEC = {"num_classes": 40, "dim": 128, "n_train_per_class": 30, "n_test_per_clas
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+FEW_DRAWS = {"draws": 2}  # lbfgs LARE: two weighted draws of box samples exercise the same path as 16, at a test's cost
 
 
 def params(run, **over):
@@ -77,7 +78,7 @@ def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world, so
 @pytest.mark.parametrize("method", ["linear-probe", "lare", "lads"])
 def test_selection_never_reads_the_out_of_domain_set(world, method, solver):
     """Permuting the out-of-domain labels changes no selected setting and no in-domain number."""
-    p = params(world, search={"trials": 4, "solver": solver})
+    p = params(world, search={"trials": 4, "solver": solver}, sampling=FEW_DRAWS)
     m = REGISTRY[method]
     s = experiment.unit_splits(p, "coca", 0, 0)
     x, y = s.evals["out_of_domain"]
@@ -106,7 +107,7 @@ def test_batched_trials_equal_the_same_trials_one_by_one(world, method, solver):
     """The same metrics, exactly: the batched probe, f_Box (the same fused loss per trial) and LADS
     augmenter (its weighted cross-entropy per trial) take each trial's steps as it takes them alone;
     with the lbfgs solver each trial's draws of the augmenter are the draws it makes alone."""
-    p = params(world, search={"trials": 4, "max_epochs": 40, "solver": solver})
+    p = params(world, search={"trials": 4, "max_epochs": 40, "solver": solver}, sampling=FEW_DRAWS)
     m = REGISTRY[method]
     s = experiment.unit_splits(p, "coca", 0, 1)
     sections = {k: getattr(p, k) for k in m.sections}
