@@ -221,8 +221,9 @@ def reference_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.T
     grid = sorted({float(v) for v in (DEFAULT_L2_GRID if l2_grid is None else l2_grid)}, reverse=True)
     if not grid or any(not v >= 0 for v in grid):
         raise ValueError(f"l2_grid must be a non-empty list of values >= 0, got {l2_grid!r}")
-    if sample_weight is not None and (sample_weight.shape != train_y.shape or not bool((sample_weight > 0).all())):
-        raise ValueError(f"sample_weight must be {len(train_y)} positive values, one per training row")
+    if sample_weight is not None and (sample_weight.shape != train_y.shape
+                                      or not bool(((sample_weight > 0) & sample_weight.isfinite()).all())):
+        raise ValueError(f"sample_weight must be {len(train_y)} positive finite values, one per training row")
     dev = resolve_device(device)
     x, y, vx = train_x.to(dev), train_y.to(dev), val_x.to(dev, dtype)
 

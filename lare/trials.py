@@ -347,7 +347,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         active &= ~stop
         running = int(active.sum())
         frozen = None if running == trials else (~active).nonzero().squeeze(1)
-        running_idx = active.nonzero().squeeze(1)
+        running_idx = None if frozen is None else active.nonzero().squeeze(1)
         bar.set_postfix(running=running)
         if running == 0:
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -176,6 +177,6 @@ def test_sample_weights_weigh_rows_as_copies(synthetic):
     torch.testing.assert_close(thrice.model.weight, once.model.weight, atol=1e-5, rtol=0)
     unweighted = reference_probe(xx, yy, s["vx"], s["vy"], SPEC.num_classes, l2_grid=[once.l2])
     assert (unweighted.model.weight - once.model.weight).abs().max() > 1e-3
-    for bad in (torch.ones(n - 1), torch.zeros(n), -torch.ones(n)):
+    for bad in (torch.ones(n - 1), torch.zeros(n), -torch.ones(n), torch.full((n,), math.inf)):
         with pytest.raises(ValueError, match="sample_weight"):
             reference_probe(x, y, s["vx"], s["vy"], SPEC.num_classes, l2_grid=grid, sample_weight=bad)
