@@ -18,11 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .train import SCORE_TIE_TOL, EarlyStop, TrainingConfig, autocast, batches, compute_dtype, effective_epochs, make_optimizer, seeded_init
+from .train import (
+    LOSS_REL_TOL,
+    SCORE_TIE_TOL,
+    EarlyStop,
+    TrainingConfig,
+    autocast,
+    batches,
+    compute_dtype,
+    effective_epochs,
+    make_optimizer,
+    seeded_init,
+)
 from .utils import make_generator, resolve_device
 
 SELECT_METRICS = ("balanced_acc", "top1")
 SOLVERS = ("adamw", "lbfgs")
+STOPS = ("val", "loss")
 DEFAULT_L2_GRID = tuple(10.0 ** (e / 2) for e in range(0, -13, -1))  # 1e0 .. 1e-6, two steps a decade: 13 values
 
 
@@ -108,6 +120,15 @@ class ProbeConfig(TrainingConfig):
         weight decay, l2) then play no part, and an augmenter is drawn once (seeded by seed + 1)
         rather than every epoch: the fixed set is what the solver minimises over.
     l2_grid: the L2 strengths of the ``lbfgs`` solver (default 1e0 .. 1e-6, two a decade).
+    stop: what ends an ``adamw`` training and which weights it keeps. ``val`` (default, LADS's
+        recipe): early stopping on the validation ``select`` score, the best epoch kept.
+        ``loss``: training runs until its objective (the epoch's mean cross-entropy plus the
+        ``l2`` term) stops falling (by more than :data:`lare.train.LOSS_REL_TOL` of its fall
+        since the first epoch, for ``patience`` epochs, after ``min_steps``), and the last
+        weights are kept: a converged fit of its objective, which the validation split does not
+        choose among epochs. With full batches (``batch_size`` 0) that is the objective's optimum
+        up to the tolerance; the ``tuned`` protocol trains this way (:class:`lare.search.SearchConfig`),
+        because on small validation splits the best of many epochs is the luckiest, not the best.
     """
 
     weight_decay: float = 0.05
@@ -116,6 +137,7 @@ class ProbeConfig(TrainingConfig):
     l2: float = 0.0
     solver: str = "adamw"
     l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+    stop: str = "val"
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,6 +147,9 @@ class ProbeConfig(TrainingConfig):
             raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.stop not in STOPS:
+            raise ValueError(f"stop must be one of {STOPS} (val: best validation epoch; loss: converged, last epoch), "
+                             f"got {self.stop!r}")
         object.__setattr__(self, "l2_grid", check_l2_grid(self.l2_grid))
 
 
@@ -151,8 +176,10 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
                 device: str | torch.device | None = None, progress: bool = True) -> ProbeResult:
     """Train a linear classifier on embeddings (plus the augmenter's extra embeddings each epoch).
 
-    The epoch with the best validation ``config.select`` metric is kept (the last epoch when no
-    validation split is given). All work is tensor slicing on ``device``: no DataLoader.
+    ``config.stop`` ``val``: the epoch with the best validation ``config.select`` metric is kept
+    (the last epoch when no validation split is given), and patience counts epochs without a
+    better score. ``loss``: patience counts epochs without a fall of the training objective, and
+    the last epoch is kept. All work is tensor slicing on ``device``: no DataLoader.
     """
     cfg = config or ProbeConfig()
     dev = resolve_device(device)
@@ -174,7 +201,10 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
     history, best, best_epoch, best_state = [], -1.0, -1, None
     n_epoch = len(x) + (getattr(augment, "size", 0) if augment is not None else 0)
     epochs = effective_epochs(cfg.epochs, n_epoch, cfg.batch_size, cfg.min_steps, cfg.max_steps)
-    early, steps = EarlyStop(cfg.patience, cfg.min_steps, lower=False, abs_tol=SCORE_TIE_TOL), 0
+    on_loss = cfg.stop == "loss"
+    early = EarlyStop(cfg.patience, cfg.min_steps, rel_tol=LOSS_REL_TOL) if on_loss else \
+        EarlyStop(cfg.patience, cfg.min_steps, lower=False, abs_tol=SCORE_TIE_TOL)
+    steps = 0
     bar = tqdm(range(epochs), desc="probe", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
@@ -182,17 +212,21 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
         if augment is not None:
             ax, ay = augment(epoch, sample_gen)
             ex, ey = torch.cat([x, ax.to(dtype)]), torch.cat([y, ay])
-        total, count = torch.zeros((), device=dev), 0
+        total, objective, count = torch.zeros((), device=dev), torch.zeros((), dtype=torch.float64, device=dev), 0
         for idx in batches(len(ex), cfg.batch_size, order_gen, dev):
             with autocast(dev, cfg.precision):
                 loss = F.cross_entropy(model(ex[idx]), ey[idx])
             opt.zero_grad(set_to_none=True)
-            (loss + 0.5 * cfg.l2 * model.weight.pow(2).sum() if cfg.l2 else loss).backward()
+            full = loss + 0.5 * cfg.l2 * model.weight.pow(2).sum() if cfg.l2 else loss
+            full.backward()
             opt.step()
             total += loss.detach() * len(idx)
+            objective += full.detach().double() * len(idx)
             count += len(idx)
             steps += 1
         row = {"epoch": epoch, "train_loss": (total / count).item()}
+        if on_loss:
+            row["train_objective"] = (objective / count).item()
         if has_val:
             model.eval()
             with torch.no_grad(), autocast(dev, cfg.precision):
@@ -201,12 +235,15 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
         else:
             score = epoch
         history.append(row)
-        if score > best + SCORE_TIE_TOL:
+        if on_loss:  # the latest epoch is the one kept
+            best_epoch = epoch
+        elif score > best + SCORE_TIE_TOL:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{row['train_loss']:.3f}")
-        if has_val and early.update(epoch, score, steps):
+        if (has_val or on_loss) and early.update(epoch, row["train_objective"] if on_loss else score, steps):
             break
-    model.load_state_dict(best_state)
+    if not on_loss:
+        model.load_state_dict(best_state)
     model.eval()
     return ProbeResult(model=model, config=cfg, best_epoch=best_epoch, history=history, stopped_by=early.stopped_by)

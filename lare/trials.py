@@ -19,8 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import BatchedAugmenter
-from .probe import SELECT_METRICS, metrics
-from .train import SCORE_TIE_TOL, effective_epochs, is_int, seeded_init
+from .probe import SELECT_METRICS, STOPS, metrics
+from .train import LOSS_REL_TOL, SCORE_TIE_TOL, effective_epochs, is_int, seeded_init
 from .utils import make_generator, resolve_device
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_optimizer uses them
@@ -200,7 +200,7 @@ class TrialsResult:
 
 # ---------------------------------------------------------------- training
 def _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay, l2, seeds, max_epochs, patience,
-                  batch_size, select, min_steps) -> None:
+                  batch_size, select, min_steps, stop) -> None:
     """Reject bad settings before any training starts."""
     if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
@@ -227,6 +227,8 @@ def _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay,
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     if select not in SELECT_METRICS:
         raise ValueError(f"select must be one of {SELECT_METRICS}, got {select!r}")
+    if stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
 
 
 def _augment_batch(augment: BatchedAugmenter, epoch: int, generators: list[torch.Generator], trials: int, d: int,
@@ -245,7 +247,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
                        weight_decay: torch.Tensor, seeds: list[int], val_x: torch.Tensor, val_y: torch.Tensor,
                        max_epochs: int = 200, patience: int = 10, batch_size: int = 256, select: str = "balanced_acc",
                        augment: BatchedAugmenter | None = None, min_steps: int = 0, l2: torch.Tensor | None = None,
-                       device: str | torch.device | None = None, progress: bool = False) -> TrialsResult:
+                       stop: str = "val", device: str | torch.device | None = None, progress: bool = False) -> TrialsResult:
     """Train N = len(seeds) linear probes at once, each stopped early on the validation split.
 
     Trial i: ``nn.Linear(d, C)`` initialised with seeds[i], AdamW with lr[i] and weight_decay[i]
@@ -259,6 +261,10 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     epochs and has done at least ``min_steps`` optimiser steps; from then on its parameters and
     optimiser state are frozen. ``max_epochs`` is stretched, as :func:`lare.train.effective_epochs`
     does, when it cannot reach ``min_steps``; trials still running at its end stop by "budget".
+    ``stop`` ``loss`` (:attr:`lare.probe.ProbeConfig.stop`): patience counts epochs without a fall
+    of the trial's training objective (its epoch's mean cross-entropy plus the l2 term, by more
+    than :data:`lare.train.LOSS_REL_TOL` of its fall since the first epoch), and each trial keeps
+    its last epoch; ``best_epoch`` and ``best_score`` are then that epoch's.
 
     augment: ``augment(epoch, generators) -> (ax (N, m, d), ay (N, m))``, each trial's extra
     embeddings for this epoch (:class:`lare.augment.BatchedBoxSampler`, :class:`lare.augment.FixedBatchedAugment`).
@@ -271,7 +277,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     if l2 is None and isinstance(seeds, list | tuple):
         l2 = torch.zeros(len(seeds))
     _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay, l2, seeds, max_epochs, patience,
-                  batch_size, select, min_steps)
+                  batch_size, select, min_steps, stop)
     dev = resolve_device(device)
     trials, (n, d) = len(seeds), train_x.shape
     x, y = train_x.to(dev, torch.float32), train_y.to(dev, torch.long)
@@ -282,6 +288,8 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         if bool((l2 > 0).any()) else None
     if augment is not None and hasattr(augment, "to"):
         augment = augment.to(dev)
+    on_loss = stop == "loss"
+    half_l2 = (0.5 * l2).to(dev, torch.float32)
 
     # One tensor for all parameters, theta (d + 1, N, C): rows :d every trial's weight, row d the
     # biases, so each step is one AdamW pass (elementwise, so the same numbers as two), and with
@@ -304,6 +312,10 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     active = torch.ones(trials, dtype=torch.bool, device=dev)
     stop_epoch = torch.full((trials,), epochs, dtype=torch.long, device=dev)
     rows = {k: [] for k in ("train_loss", "val_top1", "val_balanced_acc")}
+    if on_loss:  # the objective's patience, as lare.train.EarlyStop(lower, rel_tol) keeps it per trial
+        rows["train_objective"] = []
+        first = torch.full((trials,), math.nan, dtype=torch.float64, device=dev)
+        ref, ref_epoch = first.clone(), torch.zeros(trials, dtype=torch.long, device=dev)
 
     frozen = running_idx = None  # the stopped and running trials' indices, once some trial has stopped
     bar = tqdm(range(epochs), desc=f"probe x{trials}", disable=not progress, leave=False)
@@ -314,6 +326,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
             m = ax.shape[1]
             pool, pool_y = torch.cat([x, ax.reshape(-1, d)]), torch.cat([pool_y, ay], dim=1)
         total = torch.zeros(trials, dtype=torch.float64, device=dev)
+        objective = torch.zeros(trials, dtype=torch.float64, device=dev)
         for idx in epoch_batches(n + m, batch_size, order_gens, dev):
             if shared and not m and frozen is None:  # one batch for all trials: gather it once
                 loss, grad = shared_cross_entropy_grads(x1[idx[0]], y[idx[0]], theta)
@@ -325,6 +338,8 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
                 xb, yb = pool[pooled_index(idx, n, m) if m else idx], pool_y.gather(1, idx)
                 loss, grad_w, grad_b = cross_entropy_grads(xb, yb, weight, bias)
                 grad = torch.cat([grad_w.permute(1, 0, 2), grad_b.unsqueeze(0)])
+            if on_loss:  # the objective at the parameters this step starts from, as the single probe adds it
+                objective += (loss + half_l2 * theta[:d].pow(2).sum((0, 2))).to(torch.float64) * idx.shape[1]
             if l2_rows is not None:
                 grad += l2_rows * theta  # torch.optim.Adam's weight_decay: grad + l2 * W
             step += active.to(step.dtype)
@@ -334,13 +349,22 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
 
         # Early stopping bookkeeping, all (N,) tensors: improve, count, stop.
         score = val[select]
-        improved = active & (score > best + TIE_TOL)
+        if on_loss:  # keep the latest epoch; patience on the objective's fall
+            improved = active
+            obj = objective / (n + m)
+            first = torch.where(first.isfinite(), first, obj)
+            fell = (obj < ref - LOSS_REL_TOL * (ref - first).abs()) if epoch else torch.ones_like(active)
+            ref, ref_epoch = torch.where(fell & active, obj, ref), torch.where(fell & active, epoch, ref_epoch)
+            since_best = epoch - ref_epoch
+        else:
+            improved = active & (score > best + TIE_TOL)
+            since_best = torch.where(improved, 0, since_best + active.long())
         best = torch.where(improved, score, best)
         best_epoch = torch.where(improved, epoch, best_epoch)
         best_theta = torch.where(improved.view(1, -1, 1), theta, best_theta)
-        since_best = torch.where(improved, 0, since_best + active.long())
         nan = torch.full_like(total, math.nan)
-        for k, v in (("train_loss", total / (n + m)), ("val_top1", val["top1"]), ("val_balanced_acc", val["balanced_acc"])):
+        logged = [("train_loss", total / (n + m)), ("val_top1", val["top1"]), ("val_balanced_acc", val["balanced_acc"])]
+        for k, v in logged + ([("train_objective", obj)] if on_loss else []):
             rows[k].append(torch.where(active, v, nan))
         stop = active & (since_best >= patience) & (step >= min_steps)
         stop_epoch = torch.where(stop, epoch + 1, stop_epoch)

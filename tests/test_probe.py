@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lare.box import BoxSampler
 from lare.probe import (
@@ -14,6 +17,7 @@ from lare.probe import (
     zero_shot_logits,
     zero_shot_predict,
 )
+from lare.reference import logreg_objective, solve_logreg
 
 
 def blobs(n_per_class: int, num_classes: int = 3, dim: int = 5, spread: float = 0.3, seed: int = 0,
@@ -110,6 +114,29 @@ def test_train_probe_selects_best_validation_epoch(select):
     m = res.evaluate(vx, vy)
     assert m["top1"] == pytest.approx(res.history[res.best_epoch]["val_top1"], abs=1e-4)
     assert m["balanced_acc"] == pytest.approx(res.history[res.best_epoch]["val_balanced_acc"], abs=1e-4)
+
+
+def test_loss_stop_keeps_the_converged_last_epoch():
+    """stop "loss": full-batch training runs until the regularised objective stops falling and keeps
+    the last epoch, which is then the L-BFGS solution of the same objective (to the stop's tolerance),
+    whatever the validation scores did; stop "val" keeps another, earlier epoch on the same run."""
+    x, y = blobs(12, num_classes=4, dim=6, spread=2.5, seed=0)
+    vx, vy = blobs(10, num_classes=4, dim=6, spread=2.5, seed=1)
+    cfg = ProbeConfig(epochs=3000, batch_size=0, lr=5e-2, weight_decay=0.0, l2=1e-2, min_steps=0, patience=20, stop="loss")
+    res = fit(x, y, 4, cfg, val_x=vx, val_y=vy)
+    assert res.stopped_by == "patience" and len(res.history) < cfg.epochs  # stopped by the objective, not the budget
+    assert res.best_epoch == len(res.history) - 1
+    objective = [h["train_objective"] for h in res.history]
+    assert objective[-1] < objective[0]
+    exact = solve_logreg(x, y, 4, l2=1e-2)
+    w, b = res.model.weight.detach().double(), res.model.bias.detach().double()
+    mine = logreg_objective(x.double(), y, w, b, 1e-2).item()
+    assert mine - exact.loss < 1e-3 * (objective[0] - exact.loss)  # converged: within the stop's tolerance
+    assert (F.linear(x.double(), w, b).argmax(-1) == F.linear(x.double(), exact.weight, exact.bias).argmax(-1)).float().mean() > 0.97
+    scores = [h["val_balanced_acc"] for h in res.history]
+    assert max(scores) > scores[-1]  # the validation score was higher at some earlier epoch: not what is kept
+    by_val = fit(x, y, 4, dataclasses.replace(cfg, stop="val"), val_x=vx, val_y=vy)
+    assert by_val.best_epoch < len(by_val.history) - 1
 
 
 def test_train_probe_deterministic_by_seed():

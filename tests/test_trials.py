@@ -57,13 +57,22 @@ def augmenter(kind: str | None, x: torch.Tensor, y: torch.Tensor, trials: list[i
     return FixedBatchedAugment(ax[trials], y.expand(4, -1)[trials])
 
 
+L2 = [0.0, 1e-2, 1e-3, 0.1]  # the loss stop's objective includes the coupled l2
+
+
+@pytest.mark.parametrize("stop", ["val", "loss"])
 @pytest.mark.parametrize("kind", [None, "box", "fixed"])
-def test_batched_trials_equal_one_by_one(data, kind):
+def test_batched_trials_equal_one_by_one(data, kind, stop):
     x, y, vx, vy = data
-    together = run(data, LR, WD, SEEDS, augment=augmenter(kind, x, y, [0, 1, 2, 3]))
+    l2 = torch.tensor(L2 if stop == "loss" else [0.0] * 4)
+    together = run(data, LR, WD, SEEDS, augment=augmenter(kind, x, y, [0, 1, 2, 3]), stop=stop, l2=l2)
     assert set(together.stopped_by) == {"patience", "budget"}  # both ways of stopping are exercised
+    if stop == "loss":  # the last epoch is kept
+        assert together.best_epoch == [e - 1 for e in together.epochs]
+        torch.testing.assert_close(together.weight, together.last_weight)
     for i in range(4):
-        alone = run(data, LR[i:i + 1], WD[i:i + 1], SEEDS[i:i + 1], augment=augmenter(kind, x, y, [i]))
+        alone = run(data, LR[i:i + 1], WD[i:i + 1], SEEDS[i:i + 1], augment=augmenter(kind, x, y, [i]), stop=stop,
+                    l2=l2[i:i + 1])
         assert together.best_epoch[i] == alone.best_epoch[0]
         assert together.epochs[i] == alone.epochs[0]
         assert together.steps[i] == alone.steps[0]
