@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=int, default=40)
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=0, help="0 (default): full batches, the tuned protocol's probe recipe; 256: the fixed one's")
+    ap.add_argument("--batch", type=int, default=0, help="0 (default): full batches, as the tuned probe trains; 256: the fixed recipe's")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
