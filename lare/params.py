@@ -111,7 +111,7 @@ class RunParams:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # the L-BFGS reference probe
     # --- protocol of the comparison (lare.search) ---
     protocol: str = "tuned"            # tuned: equal-budget search, selection on validation | fixed: one recipe
-    search: SearchConfig = field(default_factory=SearchConfig)         # trials, seed, patience, max_epochs, solver
+    search: SearchConfig = field(default_factory=SearchConfig)         # trials, seed, patience, max_epochs, solver, probe_*
     # --- outputs ---
     figures_root: str = "figures"      # tables and figures go to <figures_root>/<profile>/
     table1_dataset: str = "synthetic_domains"   # dataset of Table 1
