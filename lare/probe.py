@@ -221,7 +221,8 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
             full.backward()
             opt.step()
             total += loss.detach() * len(idx)
-            objective += full.detach().double() * len(idx)
+            if on_loss:
+                objective += full.detach().double() * len(idx)
             count += len(idx)
             steps += 1
         row = {"epoch": epoch, "train_loss": (total / count).item()}

@@ -306,7 +306,8 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
 
     m = getattr(augment, "size", 0) if augment is not None else 0
     epochs = effective_epochs(max_epochs, n + m, batch_size, min_steps)
-    best_theta = theta.clone()
+    # loss: the kept epoch is the last, theta itself (a stopped trial's parameters stay frozen), so no copy is kept
+    best_theta = None if on_loss else theta.clone()
     best = torch.full((trials,), -math.inf, dtype=torch.float64, device=dev)
     best_epoch, since_best = (torch.full((trials,), v, dtype=torch.long, device=dev) for v in (-1, 0))
     active = torch.ones(trials, dtype=torch.bool, device=dev)
@@ -361,14 +362,15 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
             since_best = torch.where(improved, 0, since_best + active.long())
         best = torch.where(improved, score, best)
         best_epoch = torch.where(improved, epoch, best_epoch)
-        best_theta = torch.where(improved.view(1, -1, 1), theta, best_theta)
+        if not on_loss:
+            best_theta = torch.where(improved.view(1, -1, 1), theta, best_theta)
         nan = torch.full_like(total, math.nan)
         logged = [("train_loss", total / (n + m)), ("val_top1", val["top1"]), ("val_balanced_acc", val["balanced_acc"])]
         for k, v in logged + ([("train_objective", obj)] if on_loss else []):
             rows[k].append(torch.where(active, v, nan))
-        stop = active & (since_best >= patience) & (step >= min_steps)
-        stop_epoch = torch.where(stop, epoch + 1, stop_epoch)
-        active &= ~stop
+        stopping = active & (since_best >= patience) & (step >= min_steps)
+        stop_epoch = torch.where(stopping, epoch + 1, stop_epoch)
+        active &= ~stopping
         running = int(active.sum())
         frozen = None if running == trials else (~active).nonzero().squeeze(1)
         running_idx = None if frozen is None else active.nonzero().squeeze(1)
@@ -376,8 +378,9 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         if running == 0:
             break
 
+    kept = theta if on_loss else best_theta
     return TrialsResult(
-        weight=best_theta[:d].permute(1, 0, 2).contiguous(), bias=best_theta[d].contiguous(), last_weight=weight.contiguous(),
+        weight=kept[:d].permute(1, 0, 2).contiguous(), bias=kept[d].contiguous(), last_weight=weight.contiguous(),
         last_bias=bias.contiguous(), best_epoch=best_epoch.tolist(), epochs=stop_epoch.tolist(), steps=[int(s) for s in step.tolist()],
         stopped_by=["budget" if a else "patience" for a in active.tolist()],  # only early stopping clears a trial's flag
         best_score=best.tolist(), history={k: torch.stack(v).cpu() for k, v in rows.items()}, select=select,
