@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .augment import BatchedAugmenter
 from .probe import SELECT_METRICS, STOPS, metrics
-from .train import LOSS_REL_TOL, SCORE_TIE_TOL, effective_epochs, is_int, seeded_init
+from .train import LOSS_REL_TOL, SCORE_TIE_TOL, EarlyStop, effective_epochs, is_int, seeded_init
 from .utils import make_generator, resolve_device
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_optimizer uses them
@@ -313,10 +313,9 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     active = torch.ones(trials, dtype=torch.bool, device=dev)
     stop_epoch = torch.full((trials,), epochs, dtype=torch.long, device=dev)
     rows = {k: [] for k in ("train_loss", "val_top1", "val_balanced_acc")}
-    if on_loss:  # the objective's patience, as lare.train.EarlyStop(lower, rel_tol) keeps it per trial
+    if on_loss:  # the objective's patience per trial: the single probe's EarlyStop, one per trial (as lare.batched)
         rows["train_objective"] = []
-        first = torch.full((trials,), math.nan, dtype=torch.float64, device=dev)
-        ref, ref_epoch = first.clone(), torch.zeros(trials, dtype=torch.long, device=dev)
+        early = [EarlyStop(patience, min_steps, rel_tol=LOSS_REL_TOL) for _ in range(trials)]
 
     frozen = running_idx = None  # the stopped and running trials' indices, once some trial has stopped
     bar = tqdm(range(epochs), desc=f"probe x{trials}", disable=not progress, leave=False)
@@ -353,13 +352,12 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         if on_loss:  # keep the latest epoch; patience on the objective's fall
             improved = active
             obj = objective / (n + m)
-            first = torch.where(first.isfinite(), first, obj)
-            fell = (obj < ref - LOSS_REL_TOL * (ref - first).abs()) if epoch else torch.ones_like(active)
-            ref, ref_epoch = torch.where(fell & active, obj, ref), torch.where(fell & active, epoch, ref_epoch)
-            since_best = epoch - ref_epoch
+            stopping = torch.tensor([a and e.update(epoch, v, int(s)) for a, e, v, s in
+                                     zip(active.tolist(), early, obj.tolist(), step.tolist(), strict=True)], device=dev)
         else:
             improved = active & (score > best + TIE_TOL)
             since_best = torch.where(improved, 0, since_best + active.long())
+            stopping = active & (since_best >= patience) & (step >= min_steps)
         best = torch.where(improved, score, best)
         best_epoch = torch.where(improved, epoch, best_epoch)
         if not on_loss:
@@ -368,7 +366,6 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         logged = [("train_loss", total / (n + m)), ("val_top1", val["top1"]), ("val_balanced_acc", val["balanced_acc"])]
         for k, v in logged + ([("train_objective", obj)] if on_loss else []):
             rows[k].append(torch.where(active, v, nan))
-        stopping = active & (since_best >= patience) & (step >= min_steps)
         stop_epoch = torch.where(stopping, epoch + 1, stop_epoch)
         active &= ~stopping
         running = int(active.sum())
