@@ -1,7 +1,8 @@
 """Augmenters of the batched probe (:mod:`lare.trials`): each trial's extra training embeddings.
 
 ``augment(epoch, generators) -> (ax (N, m, d), ay (N, m))``: trial i's extras for this epoch,
-drawn from ``generators[i]`` only, so a trial gets alone (N = 1) what it gets among others. The
+drawn from ``generators[i]`` only, so a trial gets alone (N = 1) what it gets among others (trials
+given one generator object share its stream: one draw serves them all). The
 single-trial counterparts are :class:`lare.box.BoxSampler` and :class:`lare.probe.FixedAugment`.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .train import is_int
 
@@ -24,7 +24,8 @@ class BatchedBoxSampler:
     lower, upper: (N, n, d) box corners per trial (boxes may differ between trials; pass
     ``lower.expand(N, n, d)`` to share one set). labels: (n,). A sample is
     ``X^- + U (X^+ - X^-)`` with ``U ~ U[0, 1)^d``; trial i draws from ``generators[i]`` only, so
-    its samples are those of :class:`lare.box.BoxSampler` with the same generator.
+    its samples are those of :class:`lare.box.BoxSampler` with the same generator. Trials passed the
+    same generator object share one draw of ``U`` (each still gets its own box corners).
     renormalize: project samples back onto the unit sphere, where the image embeddings live.
     """
 
@@ -37,6 +38,7 @@ class BatchedBoxSampler:
         if not is_int(k) or k < 1:
             raise ValueError(f"k (samples per box) must be an integer >= 1, got {k!r}")
         self.lower, self.upper, self.labels = lower, upper, labels
+        self.width = upper - lower  # computed once, not every epoch
         self.k, self.renormalize = k, bool(renormalize)
 
     @property
@@ -45,18 +47,24 @@ class BatchedBoxSampler:
         return self.lower.shape[1] * self.k
 
     def to(self, device: torch.device) -> BatchedBoxSampler:
-        self.lower, self.upper, self.labels = (t.to(device) for t in (self.lower, self.upper, self.labels))
+        self.lower, self.upper, self.width, self.labels = (t.to(device) for t in (self.lower, self.upper, self.width, self.labels))
         return self
 
     def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         trials, n, d = self.lower.shape
         if len(generators) != trials:
             raise ValueError(f"{len(generators)} generators for {trials} trials of boxes")
-        # One draw per trial from its own generator, the same call lare.box.sample_boxes makes.
-        u = torch.stack([torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)
-                         for g in generators])
-        s = (self.lower.unsqueeze(2) + u * (self.upper - self.lower).unsqueeze(2)).reshape(trials, n * self.k, d)
-        return F.normalize(s, dim=-1) if self.renormalize else s, self.labels.repeat_interleave(self.k).expand(trials, -1)
+        # One draw per trial from its own generator, the same call lare.box.sample_boxes makes; trials
+        # given one generator object share its stream, so one draw serves them all (as equal seeds would).
+        draw = lambda g: torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)  # noqa: E731
+        if all(g is generators[0] for g in generators):
+            u = draw(generators[0]).expand(trials, -1, -1, -1)
+        else:
+            u = torch.stack([draw(g) for g in generators])
+        s = (self.lower.unsqueeze(2) + u * self.width.unsqueeze(2)).reshape(trials, n * self.k, d)
+        if self.renormalize:  # F.normalize's numbers, in place (s is this call's own tensor)
+            s = s.div_(torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min_(1e-12))
+        return s, self.labels.repeat_interleave(self.k).expand(trials, -1)
 
 
 class FixedBatchedAugment:

@@ -22,6 +22,11 @@ from .probe import SOLVERS, ProbeConfig
 from .train import is_int
 
 PROTOCOLS = ("tuned", "fixed")
+# What ``tuned`` sets in the sections, field: the SearchConfig field it takes (a value given for one
+# of these fields under ``tuned`` plays no part: preflight says so, see :func:`replaced_under_tuned`).
+BUDGET = {"epochs": "max_epochs", "patience": "patience"}  # every trainer's (TRAINERS)
+PROBE_RECIPE = {"solver": "solver", "stop": "probe_stop", "batch_size": "probe_batch_size",
+                "weight_decay": "probe_weight_decay", "lr": "probe_lr", "l2": "probe_l2"}
 TRAINERS = ("box", "probe", "lads")  # the sections that train (and so take the search's patience and budget)
 
 
@@ -72,9 +77,7 @@ class SearchConfig:
 
     def probe_recipe(self, probe: ProbeConfig) -> ProbeConfig:
         """``probe`` as the ``tuned`` protocol trains it: this search's solver, budget and probe recipe."""
-        return dataclasses.replace(probe, solver=self.solver, epochs=self.max_epochs, patience=self.patience,
-                                   stop=self.probe_stop, batch_size=self.probe_batch_size,
-                                   weight_decay=self.probe_weight_decay, lr=self.probe_lr, l2=self.probe_l2)
+        return dataclasses.replace(probe, **{f: getattr(self, s) for f, s in {**BUDGET, **PROBE_RECIPE}.items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,10 +97,24 @@ def protocol_sections(sections: dict, protocol: str, search: SearchConfig) -> di
     within the budget); ``fixed`` leaves today's recipe as it is."""
     if protocol == "fixed":
         return dict(sections)
-    out = {k: dataclasses.replace(v, epochs=search.max_epochs, patience=search.patience) if k in TRAINERS else v
+    out = {k: dataclasses.replace(v, **{f: getattr(search, s) for f, s in BUDGET.items()}) if k in TRAINERS else v
            for k, v in sections.items()}
     if "probe" in out:
         out["probe"] = search.probe_recipe(out["probe"])
+    return out
+
+
+def replaced_under_tuned(given: dict) -> list[str]:
+    """What to tell a user whose own settings (``given``: the ``-p`` / ``-f`` values, nested) include
+    fields that ``tuned`` replaces by the search's (:data:`BUDGET`, :data:`PROBE_RECIPE`)."""
+    out = []
+    for section in TRAINERS:
+        fields = given.get(section)
+        for field in fields if isinstance(fields, dict) else {}:
+            source = BUDGET.get(field) or (PROBE_RECIPE.get(field) if section == "probe" else None)
+            if source:
+                out.append(f"{section}.{field} is set but plays no part under protocol 'tuned', which trains with "
+                           f"search.{source} instead: set search.{source}, or -p protocol fixed for the single recipe")
     return out
 
 

@@ -86,6 +86,27 @@ def shared_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, theta: torch.T
     return loss, grad.view(rows, trials, c)
 
 
+def split_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, ax: torch.Tensor, ay: torch.Tensor,
+                              theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`shared_cross_entropy_grads` over a full batch of the originals x1 (n, d + 1), y (n,),
+    which every trial shares, and each trial's extras ax (N, m, d), ay (N, m): the mean over the
+    n + m rows without stacking the originals N times (one shared product for them, one batched
+    product for the extras). Returns loss (N,), grad like theta (d + 1, N, C)."""
+    rows, trials, c = theta.shape
+    count = x1.shape[0] + ax.shape[1]
+    logp = (x1 @ theta.view(rows, trials * c)).view(-1, trials, c).log_softmax(-1)  # (n, N, C)
+    logp_extra = batched_logits(ax, theta[:-1].permute(1, 0, 2), theta[-1]).log_softmax(-1)  # (N, m, C)
+    index, index_extra = y.view(-1, 1, 1).expand(-1, trials, 1), ay.unsqueeze(-1)
+    loss = -(logp.gather(-1, index).squeeze(-1).sum(0) + logp_extra.gather(-1, index_extra).squeeze(-1).sum(1)) / count
+    dlogits, dlogits_extra = logp.exp_(), logp_extra.exp_()
+    dlogits.scatter_add_(-1, index, torch.full_like(dlogits[..., :1], -1.0))
+    dlogits_extra.scatter_add_(-1, index_extra, torch.full_like(dlogits_extra[..., :1], -1.0))
+    grad = (x1.T @ dlogits.view(-1, trials * c)).view(rows, trials, c)
+    grad[:-1] += torch.bmm(ax.transpose(1, 2), dlogits_extra).permute(1, 0, 2)
+    grad[-1] += dlogits_extra.sum(1)
+    return loss, grad.div_(count)
+
+
 def _per_trial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) values shaped to broadcast against ``like``, whose dimension 1 holds the trials (d + 1, N, C)."""
     return v.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
@@ -302,7 +323,8 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     step = torch.zeros(trials, dtype=torch.float64, device=dev)
     shared = len(set(seeds)) == 1  # the same seed: the same batch order, so the same batches
     order_gens = [make_generator(seeds[0], "cpu")] * trials if shared else [make_generator(s, "cpu") for s in seeds]
-    sample_gens = [make_generator(s + 1, dev) for s in seeds]
+    # equal seeds draw equal samples: one generator object then serves every trial, drawn once per epoch
+    sample_gens = [make_generator(seeds[0] + 1, dev)] * trials if shared else [make_generator(s + 1, dev) for s in seeds]
 
     m = getattr(augment, "size", 0) if augment is not None else 0
     epochs = effective_epochs(max_epochs, n + m, batch_size, min_steps)
@@ -324,27 +346,36 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
         if augment is not None:
             ax, ay = _augment_batch(augment, epoch, sample_gens, trials, d, num_classes, dev)
             m = ax.shape[1]
+        # A full batch is every row, whatever their order: no permutation, no pool, no gather (None below).
+        full = not batch_size or batch_size >= n + m
+        if m and not full:
             pool, pool_y = torch.cat([x, ax.reshape(-1, d)]), torch.cat([pool_y, ay], dim=1)
         total = torch.zeros(trials, dtype=torch.float64, device=dev)
         objective = torch.zeros(trials, dtype=torch.float64, device=dev)
-        for idx in epoch_batches(n + m, batch_size, order_gens, dev):
-            if shared and not m and frozen is None:  # one batch for all trials: gather it once
-                loss, grad = shared_cross_entropy_grads(x1[idx[0]], y[idx[0]], theta)
-            elif shared and not m:  # only the running trials' products (the frozen ones' grads: 0)
-                loss_run, grad_run = shared_cross_entropy_grads(x1[idx[0]], y[idx[0]], theta.index_select(1, running_idx))
+        for idx in [None] if full else epoch_batches(n + m, batch_size, order_gens, dev):
+            count = n + m if idx is None else idx.shape[1]
+            one_batch = not m and (idx is None or shared)  # every trial sees the same rows
+            if one_batch:
+                rows_x1, rows_y = (x1, y) if idx is None else (x1[idx[0]], y[idx[0]])
+            if one_batch and frozen is None:
+                loss, grad = shared_cross_entropy_grads(rows_x1, rows_y, theta)
+            elif one_batch:  # only the running trials' products (the frozen ones' grads: 0)
+                loss_run, grad_run = shared_cross_entropy_grads(rows_x1, rows_y, theta.index_select(1, running_idx))
                 loss = torch.zeros(trials, device=dev).index_copy_(0, running_idx, loss_run)
                 grad = torch.zeros_like(theta).index_copy_(1, running_idx, grad_run)
+            elif idx is None:  # the originals shared, each trial's extras its own
+                loss, grad = split_cross_entropy_grads(x1, y, ax, ay, theta)
             else:
                 xb, yb = pool[pooled_index(idx, n, m) if m else idx], pool_y.gather(1, idx)
                 loss, grad_w, grad_b = cross_entropy_grads(xb, yb, weight, bias)
                 grad = torch.cat([grad_w.permute(1, 0, 2), grad_b.unsqueeze(0)])
             if on_loss:  # the objective at the parameters this step starts from, as the single probe adds it
-                objective += (loss + half_l2 * theta[:d].pow(2).sum((0, 2))).to(torch.float64) * idx.shape[1]
+                objective += (loss + half_l2 * theta[:d].pow(2).sum((0, 2))).to(torch.float64) * count
             if l2_rows is not None:
                 grad += l2_rows * theta  # torch.optim.Adam's weight_decay: grad + l2 * W
             step += active.to(step.dtype)
             adamw_step(theta, grad, exp_avg, exp_avg_sq, step, lr64, wd64, frozen)
-            total += loss.to(torch.float64) * idx.shape[1]
+            total += loss.to(torch.float64) * count
         val = batched_metrics(batched_predict(vx, weight, bias), vy, num_classes)
 
         # Early stopping bookkeeping, all (N,) tensors: improve, count, stop.

@@ -256,6 +256,30 @@ def test_fixed_protocol_runs_one_recipe(world):
     assert run_lare is m.run and run_linear_probe is REGISTRY["linear-probe"].run and run_lads is REGISTRY["lads"].run
 
 
+def test_preflight_says_which_given_settings_tuned_replaces():
+    """Under ``tuned`` a user's ``-p probe.lr`` or ``-p box.epochs`` plays no part (the search's values
+    replace them): preflight says so, and names what to set instead; under ``fixed`` it says nothing."""
+    from lare.preflight import check_profile
+    from lare.search import BUDGET, PROBE_RECIPE
+
+    given = {"probe": {"lr": 0.5, "l2": 0.1, "select": "top1"}, "box": {"epochs": 3, "alpha": 0.3},
+             "search": {"probe_lr": 0.05}}
+    notes: dict = {}
+    check_profile("demo", given, data=False, notes=notes)
+    said = [x for n in notes.values() for x in n]
+    for name, source in (("probe.lr", "probe_lr"), ("probe.l2", "probe_l2"), ("box.epochs", "max_epochs")):
+        assert any(x.startswith(f"{name} is set") and f"search.{source}" in x for x in said), (name, said)
+    assert not any(x.startswith(("probe.select", "box.alpha", "search.")) for x in said)  # these do play a part
+    notes = {}
+    check_profile("demo", {**given, "protocol": "fixed"}, data=False, notes=notes)
+    assert not any("protocol 'tuned'" in x for n in notes.values() for x in n)
+    # every field the note names is one that the tuned recipe really replaces
+    p = SearchConfig(max_epochs=7, patience=3, probe_lr=0.07, probe_l2=0.2)
+    recipe = p.probe_recipe(ProbeConfig())
+    for field, source in {**BUDGET, **PROBE_RECIPE}.items():
+        assert getattr(recipe, field) == getattr(p, source)
+
+
 def test_loss_patience_ignores_a_constant_added_to_the_loss():
     """A loss that creeps down by ever smaller steps stops at the same epoch whatever constant is
     added to it (f_Box's total crosses zero, where a tolerance relative to the loss would vanish)."""

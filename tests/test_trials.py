@@ -60,19 +60,21 @@ def augmenter(kind: str | None, x: torch.Tensor, y: torch.Tensor, trials: list[i
 L2 = [0.0, 1e-2, 1e-3, 0.1]  # the loss stop's objective includes the coupled l2
 
 
+@pytest.mark.parametrize("batch_size", [32, 0], ids=["batches", "full"])  # full: no permutation, originals shared
 @pytest.mark.parametrize("stop", ["val", "loss"])
 @pytest.mark.parametrize("kind", [None, "box", "fixed"])
-def test_batched_trials_equal_one_by_one(data, kind, stop):
+def test_batched_trials_equal_one_by_one(data, kind, stop, batch_size):
     x, y, vx, vy = data
     l2 = torch.tensor(L2 if stop == "loss" else [0.0] * 4)
-    together = run(data, LR, WD, SEEDS, augment=augmenter(kind, x, y, [0, 1, 2, 3]), stop=stop, l2=l2)
+    together = run(data, LR, WD, SEEDS, augment=augmenter(kind, x, y, [0, 1, 2, 3]), stop=stop, l2=l2,
+                   batch_size=batch_size)
     assert set(together.stopped_by) == {"patience", "budget"}  # both ways of stopping are exercised
     if stop == "loss":  # the last epoch is kept
         assert together.best_epoch == [e - 1 for e in together.epochs]
         torch.testing.assert_close(together.weight, together.last_weight)
     for i in range(4):
         alone = run(data, LR[i:i + 1], WD[i:i + 1], SEEDS[i:i + 1], augment=augmenter(kind, x, y, [i]), stop=stop,
-                    l2=l2[i:i + 1])
+                    l2=l2[i:i + 1], batch_size=batch_size)
         assert together.best_epoch[i] == alone.best_epoch[0]
         assert together.epochs[i] == alone.epochs[0]
         assert together.steps[i] == alone.steps[0]
@@ -85,6 +87,19 @@ def test_batched_trials_equal_one_by_one(data, kind, stop):
         e = together.epochs[i]
         torch.testing.assert_close(together.history["train_loss"][:e, i], alone.history["train_loss"][:e, 0], atol=1e-5, rtol=1e-5)
         assert torch.isnan(together.history["train_loss"][e:, i]).all()  # nothing recorded once stopped
+
+
+@pytest.mark.parametrize("batch_size", [32, 0], ids=["batches", "full"])
+def test_trials_of_one_seed_share_one_box_draw(data, batch_size):
+    """A search's trials share the unit's seed: one generator object serves them all, drawn once
+    per epoch, and each trial still trains as it does alone."""
+    x, y, vx, vy = data
+    together = run(data, LR, WD, [3] * 4, augment=augmenter("box", x, y, [0, 1, 2, 3]), batch_size=batch_size)
+    for i in range(4):
+        alone = run(data, LR[i:i + 1], WD[i:i + 1], [3], augment=augmenter("box", x, y, [i]), batch_size=batch_size)
+        assert (together.epochs[i], together.best_epoch[i]) == (alone.epochs[0], alone.best_epoch[0])
+        torch.testing.assert_close(together.last_weight[i], alone.last_weight[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(together.weight[i], alone.weight[0], atol=2e-5, rtol=1e-4)
 
 
 def reference_loop(x, y, vx, vy, *, lr, wd, seed, epochs, batch_size, boxes=None, k=1):
@@ -114,17 +129,18 @@ def reference_loop(x, y, vx, vy, *, lr, wd, seed, epochs, batch_size, boxes=None
     return states, losses, scores
 
 
+@pytest.mark.parametrize("bs", [16, 0], ids=["batches", "full"])
 @pytest.mark.parametrize("with_boxes", [False, True])
-def test_single_trial_matches_torch_adamw(data, with_boxes):
+def test_single_trial_matches_torch_adamw(data, with_boxes, bs):
     x, y, vx, vy = data
-    lr, wd, seed, epochs, bs = 2e-2, 0.1, 5, 5, 16
+    lr, wd, seed, epochs = 2e-2, 0.1, 5, 5
     boxes = (x - 0.2, x + 0.2) if with_boxes else None
     augment = BatchedBoxSampler(boxes[0][None], boxes[1][None], y, k=2) if with_boxes else None
     res = run(data, [lr], [wd], [seed], max_epochs=epochs, patience=100, batch_size=bs, augment=augment)
     states, losses, scores = reference_loop(x, y, vx, vy, lr=lr, wd=wd, seed=seed, epochs=epochs, batch_size=bs,
                                             boxes=boxes, k=2)
     assert res.stopped_by == ["budget"] and res.epochs == [epochs]
-    assert res.steps == [epochs * math.ceil(len(x) * (3 if with_boxes else 1) / bs)]
+    assert res.steps == [epochs * (math.ceil(len(x) * (3 if with_boxes else 1) / bs) if bs else 1)]
     torch.testing.assert_close(res.last_weight[0].T, states[-1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.last_bias[0], states[-1][1], atol=1e-5, rtol=1e-5)
     rounded = [round(v, 4) for v in scores]  # equal accuracies from different per-class hits may differ in the last bits
@@ -208,6 +224,13 @@ def test_box_sampler_draws_inside_each_trials_boxes():
     # trial 2 drew from its own generator only
     alone, _ = BatchedBoxSampler(lower[2:], upper[2:], labels, k=5, renormalize=False)(0, [make_generator(12)])
     assert torch.equal(alone[0], s[2])
+    # one generator object for every trial: one draw of U, shared (the draws of equal seeds)
+    one = make_generator(12)
+    shared, _ = sampler(0, [one] * 3)
+    assert torch.equal(shared[2], s[2])
+    u = (shared - box(lower)) / box(upper - lower)
+    torch.testing.assert_close(u[0], u[1])
+    torch.testing.assert_close(u[0], u[2])
     unit, _ = BatchedBoxSampler(lower, upper, labels, k=2)(0, gens)
     torch.testing.assert_close(unit.norm(dim=-1), torch.ones(3, 8))
 
