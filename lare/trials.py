@@ -4,8 +4,9 @@ A trial is one run of today's linear probe (:func:`lare.probe.train_probe`): ``n
 seeded by its seed, AdamW with its own lr and weight decay, its own batch order, the epoch with
 the best validation score kept. N trials share every product: the weights and biases are one
 (d + 1, N, C) tensor, a step is one batched product (with shared batches, one plain (b, d + 1) x
-(d + 1, N C) product) and one batched AdamW update, validation one product per epoch. Trial i
-sees exactly what it sees alone (N = 1). Each trial stops on its own (early stopping with
+(d + 1, N C) product; on full batches, one shared product for the originals and one batched
+product for each trial's extras) and one batched AdamW update, validation one product per epoch.
+Trial i sees exactly what it sees alone (N = 1). Each trial stops on its own (early stopping with
 ``patience``); a stopped trial is frozen (its update masked) while the others go on.
 """
 
@@ -20,124 +21,23 @@ from tqdm.auto import tqdm
 
 from .augment import BatchedAugmenter
 from .probe import SELECT_METRICS, STOPS, metrics
+from .stacked import (
+    adamw_step,
+    batched_metrics,
+    batched_predict,
+    cross_entropy_grads,
+    shared_cross_entropy_grads,
+    split_cross_entropy_grads,
+)
 from .train import LOSS_REL_TOL, SCORE_TIE_TOL, EarlyStop, effective_epochs, is_int, seeded_init
 from .utils import make_generator, resolve_device
 
-BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_optimizer uses them
 # Scores closer than this (in percentage points) tie: the same balanced accuracy reached with
 # different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
 TIE_TOL = SCORE_TIE_TOL
 
-# ---------------------------------------------------------------- tensor functions
-def batched_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Logits of N linear maps on per-trial inputs: x (N, b, d), weight (N, d, C), bias (N, C) -> (N, b, C)."""
-    return torch.baddbmm(bias.unsqueeze(1), x, weight)
 
-
-def batched_predict(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Predicted labels (N, n) of N linear maps on shared inputs x (n, d), ``chunk`` rows at a time."""
-    trials, d, c = weight.shape
-    # Shared inputs: one (n, d) x (d, N C) product instead of N products on copies of x.
-    w, b = weight.permute(1, 0, 2).reshape(d, trials * c), bias.reshape(1, trials * c)
-    return torch.cat([torch.addmm(b, part, w).view(-1, trials, c).argmax(-1).T for part in x.split(chunk)], dim=1)
-
-
-def batched_metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
-    """:func:`lare.probe.metrics` for N prediction rows at once: pred (N, n), labels (n,) -> (N,) each, in %.
-
-    Balanced accuracy: mean recall over the classes present in ``labels``, in float64 (equal values
-    reached with different per-class hits may differ in the last bits: compare with :data:`TIE_TOL`)."""
-    if labels.numel() == 0:
-        raise ValueError("cannot compute accuracy on an empty set")
-    correct = (pred == labels).to(torch.float64)
-    per_class_n = torch.bincount(labels, minlength=num_classes).to(torch.float64)
-    per_class_hit = torch.zeros(len(pred), num_classes, dtype=torch.float64, device=pred.device).index_add_(1, labels, correct)
-    present = per_class_n > 0
-    balanced = (per_class_hit[:, present] / per_class_n[present]).mean(1)
-    return {"top1": 100.0 * correct.mean(1), "balanced_acc": 100.0 * balanced}
-
-
-def cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                        bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-trial mean cross-entropy and its gradients: x (N, b, d), y (N, b) -> loss (N,), dW (N, d, C), db (N, C).
-
-    Written out (softmax minus one-hot, over b): the numbers ``F.cross_entropy(...).backward()``
-    gives per trial, without building a graph per step."""
-    logp = batched_logits(x, weight, bias).log_softmax(-1)
-    loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
-    dlogits = logp.exp_()
-    dlogits.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(dlogits[..., :1], -1.0))
-    dlogits /= x.shape[1]
-    return loss, torch.bmm(x.transpose(1, 2), dlogits), dlogits.sum(1)
-
-
-def shared_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`cross_entropy_grads` when every trial sees the same batch: x1 (b, d + 1), the inputs with
-    a column of ones; y (b,); theta (d + 1, N, C), every trial's weight rows and bias row side by side,
-    so the N maps are one (d + 1, N C) matrix and a step is two plain matrix products, the second
-    giving the weight and bias gradients at once in theta's layout. Returns loss (N,), grad like theta."""
-    rows, trials, c = theta.shape
-    logp = (x1 @ theta.view(rows, trials * c)).view(-1, trials, c).log_softmax(-1)  # (b, N, C)
-    index = y.view(-1, 1, 1).expand(-1, trials, 1)
-    loss = -logp.gather(-1, index).squeeze(-1).mean(0)
-    dlogits = logp.exp_()
-    dlogits.scatter_add_(-1, index, torch.full_like(dlogits[..., :1], -1.0))
-    grad = (x1.T @ dlogits.view(-1, trials * c)).div_(x1.shape[0])  # (d + 1, N C): the mean over b
-    return loss, grad.view(rows, trials, c)
-
-
-def split_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, ax: torch.Tensor, ay: torch.Tensor,
-                              theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`shared_cross_entropy_grads` over a full batch of the originals x1 (n, d + 1), y (n,),
-    which every trial shares, and each trial's extras ax (N, m, d), ay (N, m): the mean over the
-    n + m rows without stacking the originals N times (one shared product for them, one batched
-    product for the extras). Returns loss (N,), grad like theta (d + 1, N, C)."""
-    rows, trials, c = theta.shape
-    count = x1.shape[0] + ax.shape[1]
-    logp = (x1 @ theta.view(rows, trials * c)).view(-1, trials, c).log_softmax(-1)  # (n, N, C)
-    logp_extra = batched_logits(ax, theta[:-1].permute(1, 0, 2), theta[-1]).log_softmax(-1)  # (N, m, C)
-    index, index_extra = y.view(-1, 1, 1).expand(-1, trials, 1), ay.unsqueeze(-1)
-    loss = -(logp.gather(-1, index).squeeze(-1).sum(0) + logp_extra.gather(-1, index_extra).squeeze(-1).sum(1)) / count
-    dlogits, dlogits_extra = logp.exp_(), logp_extra.exp_()
-    dlogits.scatter_add_(-1, index, torch.full_like(dlogits[..., :1], -1.0))
-    dlogits_extra.scatter_add_(-1, index_extra, torch.full_like(dlogits_extra[..., :1], -1.0))
-    grad = (x1.T @ dlogits.view(-1, trials * c)).view(rows, trials, c)
-    grad[:-1] += torch.bmm(ax.transpose(1, 2), dlogits_extra).permute(1, 0, 2)
-    grad[-1] += dlogits_extra.sum(1)
-    return loss, grad.div_(count)
-
-
-def _per_trial(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(N,) values shaped to broadcast against ``like``, whose dimension 1 holds the trials (d + 1, N, C)."""
-    return v.to(like.dtype).view(1, -1, *([1] * (like.dim() - 2)))
-
-
-def adamw_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-               step: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor, frozen: torch.Tensor | None = None) -> None:
-    """One AdamW step of N trials in place: param, grad and moments (d + 1, N, C); step, lr, weight_decay (N,) float64.
-
-    The update of ``torch.optim.AdamW`` (decoupled weight decay, bias correction, betas 0.9/0.999,
-    eps 1e-8), the per-trial scalars computed in float64 as torch computes its Python-float
-    scalars; the per-trial step size multiplies the first moment before the division (torch
-    passes a scalar to ``addcdiv``), so it agrees with torch to float rounding, not bit for bit.
-    ``step``: the number of this step per trial (1 for the first). ``frozen``: indices of the
-    trials that keep their parameters and moments (stopped ones); None: all step.
-    """
-    decay = _per_trial(1 - lr * weight_decay, param)
-    step_size = _per_trial(-lr / (1 - BETA1 ** step), param)
-    bias_correction2_sqrt = _per_trial((1 - BETA2 ** step).sqrt(), param)
-    # Stopped trials: the update runs on every trial, then their old values are put back (only
-    # theirs are saved), so the running trials take exactly the steps they take unmasked.
-    saved = None if frozen is None else [t.index_select(1, frozen) for t in (param, exp_avg, exp_avg_sq)]
-    param.mul_(decay)
-    exp_avg.lerp_(grad, 1 - BETA1)
-    exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
-    param.addcdiv_(exp_avg * step_size, (exp_avg_sq.sqrt().div_(bias_correction2_sqrt)).add_(EPS))
-    if saved is not None:
-        for t, old in zip((param, exp_avg, exp_avg_sq), saved, strict=True):
-            t.index_copy_(1, frozen, old)
-
-
+# ---------------------------------------------------------------- setup
 def init_trials(d: int, num_classes: int, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (N, d, C) and biases (N, C): trial i starts as ``nn.Linear(d, C)`` seeded by seeds[i] (today's probe)."""
     layers = [seeded_init(lambda: nn.Linear(d, num_classes), s) for s in seeds]
@@ -272,9 +172,11 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     """Train N = len(seeds) linear probes at once, each stopped early on the validation split.
 
     Trial i: ``nn.Linear(d, C)`` initialised with seeds[i], AdamW with lr[i] and weight_decay[i]
-    (on weight and bias, as today's probe), batches of ``batch_size`` (0: full batch) in the
-    order of a CPU generator seeded with seeds[i], augmentation from a generator on ``device``
-    seeded with seeds[i] + 1: alone (N = 1) the trial gives the same numbers. Float32.
+    (on weight and bias, as today's probe), batches of ``batch_size`` in the order of a CPU
+    generator seeded with seeds[i] (0, or a size of at least the rows: one full batch, whose order
+    plays no part, so none is drawn: the same gradients as :func:`lare.probe.train_probe`'s to
+    float rounding), augmentation from a generator on ``device`` seeded with seeds[i] + 1: alone
+    (N = 1) the trial gives the same numbers. Float32.
 
     After every epoch each running trial is scored on (val_x, val_y) by ``select``
     (``balanced_acc`` or ``top1``); its best epoch's weights are kept (the first on ties, within

@@ -11,8 +11,9 @@ from torch import nn
 
 from lare.augment import BatchedBoxSampler, FixedBatchedAugment
 from lare.probe import metrics
+from lare.stacked import batched_metrics
 from lare.train import batches, seeded_init
-from lare.trials import batched_metrics, train_probe_trials
+from lare.trials import train_probe_trials
 from lare.utils import make_generator
 
 C, D = 5, 16
