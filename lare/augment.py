@@ -56,7 +56,9 @@ class BatchedBoxSampler:
             raise ValueError(f"{len(generators)} generators for {trials} trials of boxes")
         # One draw per trial from its own generator, the same call lare.box.sample_boxes makes; trials
         # given one generator object share its stream, so one draw serves them all (as equal seeds would).
-        draw = lambda g: torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)  # noqa: E731
+        def draw(g: torch.Generator) -> torch.Tensor:
+            return torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)
+
         if all(g is generators[0] for g in generators):
             u = draw(generators[0]).expand(trials, -1, -1, -1)
         else:
