@@ -37,8 +37,8 @@ class BatchedBoxSampler:
             raise ValueError(f"{lower.shape[1]} boxes per trial but labels of shape {tuple(labels.shape)}")
         if not is_int(k) or k < 1:
             raise ValueError(f"k (samples per box) must be an integer >= 1, got {k!r}")
-        self.lower, self.upper, self.labels = lower, upper, labels
-        self.width = upper - lower  # computed once, not every epoch
+        # the corners kept as lower and width (upper - lower, formed once rather than every epoch)
+        self.lower, self.width, self.labels = lower, upper - lower, labels
         self.k, self.renormalize = k, bool(renormalize)
 
     @property
@@ -47,7 +47,7 @@ class BatchedBoxSampler:
         return self.lower.shape[1] * self.k
 
     def to(self, device: torch.device) -> BatchedBoxSampler:
-        self.lower, self.upper, self.width, self.labels = (t.to(device) for t in (self.lower, self.upper, self.width, self.labels))
+        self.lower, self.width, self.labels = (t.to(device) for t in (self.lower, self.width, self.labels))
         return self
 
     def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:

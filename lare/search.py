@@ -97,11 +97,9 @@ def protocol_sections(sections: dict, protocol: str, search: SearchConfig) -> di
     within the budget); ``fixed`` leaves today's recipe as it is."""
     if protocol == "fixed":
         return dict(sections)
-    out = {k: dataclasses.replace(v, **{f: getattr(search, s) for f, s in BUDGET.items()}) if k in TRAINERS else v
-           for k, v in sections.items()}
-    if "probe" in out:
-        out["probe"] = search.probe_recipe(out["probe"])
-    return out
+    budget = {f: getattr(search, s) for f, s in BUDGET.items()}
+    return {k: search.probe_recipe(v) if k == "probe" else dataclasses.replace(v, **budget) if k in TRAINERS else v
+            for k, v in sections.items()}
 
 
 def replaced_under_tuned(given: dict) -> list[str]:
