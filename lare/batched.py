@@ -29,7 +29,17 @@ from .lads import (
     lads_class_consistency_loss,
 )
 from .losses import lare_loss_terms_trials
-from .train import LOSS_REL_TOL, EarlyStop, autocast, batches, check_xy, effective_epochs, make_optimizer, seeded_init
+from .train import (
+    LOSS_REL_TOL,
+    EarlyStop,
+    autocast,
+    batches,
+    check_xy,
+    compute_dtype,
+    effective_epochs,
+    make_optimizer,
+    seeded_init,
+)
 from .utils import make_generator, resolve_device
 
 
@@ -77,10 +87,10 @@ def box_terms(out: torch.Tensor, class_text: torch.Tensor, y: torch.Tensor, *, a
 
 def minimise_trials(model: StackedMLP, terms, x, y, *, val, cfg, n: int) -> tuple[list[dict], list[int], list[str], list]:
     """AdamW on the sum of the trials' ``terms(x_b, y_b, rows)["total"]`` (one value per trial in
-    ``rows``, the running trials; None: all); per trial the best epoch by validation total, kept
-    until its patience runs out. A stopped trial is no longer computed (its parameters drift
-    under weight decay, but its best state is already kept). Returns (best states, best epochs,
-    stopped_by, histories)."""
+    ``rows``, the running trials; None: all); per trial the best epoch by validation total (the first
+    on ties, a NaN total never, as :func:`lare.train.minimise`), kept until its patience runs out.
+    A stopped trial is no longer computed (its parameters drift under weight decay, but its best
+    state is already kept). Returns (best states, best epochs, stopped_by, histories)."""
     dev = x.device
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, dev)
     gen = make_generator(cfg.seed, "cpu")
@@ -158,8 +168,9 @@ def train_box_trials(train_x, train_y, class_text, configs: list[BoxConfig], *, 
     _check_shared(configs, {"alpha", "scale"})
     cfg, dev = configs[0], resolve_device(device)
     check_xy(train_x, train_y, class_text, "train")
-    x, y, t = train_x.to(dev, torch.float32), train_y.to(dev), class_text.to(dev, torch.float32)
-    val = (val_x.to(dev, torch.float32), val_y.to(dev)) if val_x is not None and len(val_x) else None
+    dtype = compute_dtype(cfg.precision)  # the inputs in train_box's dtype (bf16: cast once, as autocast would)
+    x, y, t = train_x.to(dev, dtype), train_y.to(dev), class_text.to(dev, torch.float32)
+    val = (val_x.to(dev, dtype), val_y.to(dev)) if val_x is not None and len(val_x) else None
     single = [seeded_init(lambda: BoxNet(x.shape[1], cfg.hidden, cfg.activation, cfg.corners), cfg.seed)
               for _ in configs]
     model = StackedMLP([s.net for s in single], ACTIVATIONS[cfg.activation]()).to(dev)
@@ -179,7 +190,7 @@ def train_lads_trials(train_x, train_y, source_text, target_text, configs: list[
     _check_shared(configs, {"domain_weight"})
     cfg, dev = configs[0], resolve_device(device)
     check_xy(train_x, train_y, source_text, "train")
-    x, y = train_x.to(dev, torch.float32), train_y.to(dev)
+    x, y = train_x.to(dev, torch.float32), train_y.to(dev)  # float32 under bf16 too, as train_lads (x enters the loss)
     src = source_text.to(dev, torch.float32)
     dirs = domain_directions(src, target_text.to(dev, torch.float32))
     weights = inverse_frequency_weights(y, src.shape[0])

@@ -10,8 +10,9 @@ Layout of one entry::
         complete.json               sha256 of embeddings.safetensors, n, d: written last
 
 Any change of a manifest field (model, pretrained tag, open_clip version, preprocessing,
-precision, normalise flag, dataset, split, number of items, digest of the ordered ids, label
-names) gives another key, so stale embeddings are never reused. Every file is written to a
+precision, the fingerprint of the extraction code (:func:`lare.provenance.extraction_fingerprint`),
+normalise flag, dataset, split, number of items, digest of the ordered ids, label names) gives
+another key, so stale embeddings are never reused. Every file is written to a
 temporary name and renamed into place; extraction writes one chunk at a time and, restarted
 after an interruption, embeds only the chunks that are missing.
 """
@@ -35,7 +36,8 @@ from .utils import atomic_path, hash_config, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
 # The fields of Encoder.info() that identify embeddings (image entries also use "preprocessing").
-ENCODER_FIELDS = ("model", "pretrained", "weights_id", "open_clip_version", "model_config_digest", "precision")
+ENCODER_FIELDS = ("model", "pretrained", "weights_id", "open_clip_version", "model_config_digest", "precision",
+                  "extraction_code")
 MANIFEST_FIELDS = ("format", *ENCODER_FIELDS, "preprocessing", "normalize", "dataset", "split", "n_items",
                    "ids_digest", "label_names")
 

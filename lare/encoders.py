@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .provenance import extraction_fingerprint
 from .utils import hash_config, resolve_device, sha256_file
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -144,7 +145,9 @@ class Encoder:
                 "precision": self.precision, "open_clip_version": _open_clip().__version__,
                 "preprocessing": repr(self.preprocess),
                 # The architecture itself, so an edited config JSON under the same name is not reused.
-                "model_config_digest": self.config_digest}
+                "model_config_digest": self.config_digest,
+                # The code that turns images into embeddings: an edit there extracts again, edits elsewhere do not.
+                "extraction_code": extraction_fingerprint()}
 
     def autocast(self):
         if self.precision == "fp32":

@@ -24,9 +24,11 @@ from .hparams import HPARAMS
 from .methods import OOD_PREFIX, REGISTRY, VALIDATION, EmbeddingSplits, Method, get
 from .params import RunParams
 from .plots import figure3, save_figure, sensitivity
+from .provenance import code_fingerprint, code_state
 from .results import (
     aggregate,
     append_rows,
+    code_caption,
     has_result,
     make_rows,
     oracle_rows,
@@ -124,10 +126,12 @@ def unit_box_config(p: RunParams, seed: int):
 
 
 def box_key(p: RunParams, data: EncoderData, shots: int, seed: int) -> str:
-    """What a saved f_Box must have been trained with to be reused: settings, embeddings, split."""
+    """What a saved f_Box must have been trained with to be reused: settings, embeddings, split and
+    the library code (:func:`lare.provenance.code_fingerprint`)."""
     split = json.loads(split_path(p.run_path, p.dataset, shots, seed).read_text())["key"]
     box = unit_box_config(p, seed)
-    return hash_config({"box": box.to_dict(), "val_fraction": p.val_fraction, "index": data.index, "split": split})
+    return hash_config({"box": box.to_dict(), "val_fraction": p.val_fraction, "index": data.index, "split": split,
+                        "code": code_fingerprint()})
 
 
 def saved_box_key(path: Path) -> str | None:
@@ -135,8 +139,9 @@ def saved_box_key(path: Path) -> str | None:
     return json.loads(path.with_suffix(".json").read_text()).get("config_hash") if path.is_file() else None
 
 
-def train_boxes(p: RunParams) -> list[Path]:
-    """Notebook 02: one f_Box per (LARE encoder, shots, seed); returns the checkpoint paths."""
+def train_boxes(p: RunParams, *, force: bool = False) -> list[Path]:
+    """Notebook 02: one f_Box per (LARE encoder, shots, seed); returns the checkpoint paths. A saved
+    f_Box of the same key (:func:`box_key`) is reused unless ``force``."""
     encoders = p.encoders_for(get("lare").encoders_param)
     _check_shots(p, encoders)
     done = []
@@ -144,7 +149,7 @@ def train_boxes(p: RunParams) -> list[Path]:
         s = unit_splits(p, enc, k, seed)
         path = box_path(p.run_path, p.dataset, enc, k, seed)
         want = box_key(p, load_encoder_data(p.run_path, p.dataset, enc), k, seed)
-        if saved_box_key(path) == want:
+        if not force and saved_box_key(path) == want:
             done.append(path)
             continue
         label = unit_label(p, "f_Box (LARE step 1)", enc, k, seed)
@@ -153,7 +158,7 @@ def train_boxes(p: RunParams) -> list[Path]:
             res = train_box(s.train_x, s.train_y, s.class_text, unit_box_config(p, seed), val_x=s.val_x,
                             val_y=s.val_y, device=p.torch_device, progress=False)
         save_box(res, path, extra={"config_hash": want, "encoder": enc, "shots": k, "seed": seed,
-                                   "val_fraction": p.val_fraction})
+                                   "val_fraction": p.val_fraction, **code_state()})
         done.append(path)
     return done
 
@@ -186,13 +191,15 @@ def method_params(m: Method, p: RunParams, embeddings: dict) -> dict:
     return params
 
 
-def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
-    """Notebooks 03 and 04: each method on each unit it applies to; returns the new result rows."""
+def run_methods(p: RunParams, methods: list[str], *, force: bool = False) -> pd.DataFrame:
+    """Notebooks 03 and 04: each method on each unit it applies to; returns the new result rows. A
+    unit whose rows are recorded with the same parameters, embeddings and code is skipped unless
+    ``force``; rows computed again replace the old ones (:func:`lare.results.append_rows`)."""
     chosen = [get(name) for name in methods]
     encoders = [e for e in p.encoders if any(e in p.encoders_for(m.encoders_param) for m in chosen)]
     _check_shots(p, encoders)
     sections = {k: getattr(p, k) for m in chosen for k in m.sections}
-    results, rows = results_path(p.run_path), []
+    results, rows, code = results_path(p.run_path), [], code_state()
     for enc, k, seed in tqdm(units(p, encoders), desc=", ".join(methods), disable=not p.progress):
         data = load_encoder_data(p.run_path, p.dataset, enc)
         splits = None
@@ -201,7 +208,7 @@ def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
                 continue
             params = method_params(m, p, data.index["info"])
             key = {"method": m.name, "encoder": enc, "dataset": p.dataset, "shots": k, "seed": seed}
-            if has_result(results, **key, params=params):
+            if not force and has_result(results, **key, params=params, code=code["code_fingerprint"]):
                 continue
             if splits is None:
                 splits = unit_splits(p, enc, k, seed)
@@ -209,7 +216,7 @@ def run_methods(p: RunParams, methods: list[str]) -> pd.DataFrame:
             s = dataclasses.replace(splits, boxes=trained_boxes(p, enc, k, seed)) if "boxes" in m.needs else splits
             with unit_guard(unit_label(p, m.name, enc, k, seed), s):
                 found = search_unit(m, s, p, sections, seed)
-            new = make_rows(**key, params=params, **found)
+            new = make_rows(**key, params=params, code=code, **found)
             append_rows(results, new)
             rows += new
     return pd.DataFrame(rows)[ROW_COLUMNS] if rows else pd.DataFrame(columns=ROW_COLUMNS)
@@ -258,10 +265,12 @@ def make_table1(p: RunParams) -> dict[str, Path]:
     if t.empty:
         raise ValueError(f"no full-training-set results for dataset {p.table1_dataset!r} in {csv}")
     note = f" [{p.title_note}]" if p.title_note else ""
+    code = f"; {code_caption(agg[agg['dataset'] == p.table1_dataset])}"
     paths = write_table1(t, p.figures_path, title=f"Table 1: top-1 accuracy (%) on {p.table1_dataset}, mean ± std over "
                                                   f"seeds; vs probe: difference from the linear probe of the same "
-                                                  f"encoder, paired over seeds{note}")
-    paths.update(arxiv_tables(read_rows(results_path(p.run_path)), p.figures_path, note))  # DomainNet, CIFAR-100-LT
+                                                  f"encoder, paired over seeds{note}{code}")
+    # DomainNet, CIFAR-100-LT
+    paths.update(arxiv_tables(read_rows(results_path(p.run_path)), p.figures_path, f"{note}; {code_caption(agg)}"))
     oracle = oracle_rows(read_rows(results_path(p.run_path)))
     if oracle:  # the search's trials chosen on the target domain: an upper bound, never a result
         t_oracle = table1(aggregate(oracle), p.table1_dataset)
@@ -269,7 +278,7 @@ def make_table1(p: RunParams) -> dict[str, Path]:
             paths.update({f"oracle_{k}": v for k, v in write_table1(
                 t_oracle, p.figures_path, stem="table1_oracle",
                 title=f"ORACLE selection (the trial with the best out-of-domain accuracy; not a valid result): "
-                      f"top-1 accuracy (%) on {p.table1_dataset}{note}").items()})
+                      f"top-1 accuracy (%) on {p.table1_dataset}{note}{code}").items()})
     return paths
 
 
@@ -300,6 +309,19 @@ def make_sensitivity(p: RunParams):
     note = f"\n[{p.title_note}]" if p.title_note else ""
     fig = sensitivity(df, title=f"LARE sensitivity on {p.table1_dataset}: search trials, mean and 95% CI over seeds{note}")
     return save_figure(fig, p.figures_path, "sensitivity"), fig, df
+
+
+def fewshot_missing(p: RunParams) -> str | None:
+    """Why Figure 3 cannot be drawn yet (no aggregated results, or none with shots > 0 for the
+    few-shot dataset), with what to run; None when it can."""
+    csv = p.run_path / "results.csv"
+    if csv.is_file():
+        agg = pd.read_csv(csv)
+        if ((agg["dataset"] == p.fewshot_dataset) & (agg["shots"] > 0)).any():
+            return None
+    return (f"Figure 3 needs few-shot results (shots > 0) for dataset {p.fewshot_dataset!r} in {csv}, and there are none "
+            f"yet: run notebooks 01-04 with dataset = {p.fewshot_dataset!r} and then 05 (or the whole profile: "
+            f"./run_all.sh --profile {p.profile})")
 
 
 def make_figure3(p: RunParams):

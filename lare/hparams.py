@@ -5,7 +5,8 @@ class's own (:mod:`lare.params` nests them), and its search space lives here, in
 DomainBed's ``hparams_registry.py``). A search of ``trials`` trials gives every method the same
 budget: trial 0 is the defaults, trials 1.. draw each setting from its space with a generator
 seeded by (search seed, trial, setting name), so a setting two methods share (the probe's learning
-rate and l2) takes the same value in the same trial of both: the comparison is paired.
+rate and l2) takes the same value in the same trial of both: the comparison is paired. A trial's
+draw does not depend on the number of trials, so a larger search adds trials and changes none.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .utils import make_generator
 @dataclass(frozen=True)
 class Space:
     """``log``: log-uniform in [low, high]; ``uniform``: uniform in [low, high]; ``choice``: one of ``choices``.
-    A value is drawn from ``u`` in [0, 1) (see :func:`trial_settings` for how ``u`` is stratified)."""
+    A value is drawn from ``u`` uniform in [0, 1) (see :func:`trial_settings` for how ``u`` is drawn)."""
 
     kind: str
     low: float = 0.0
@@ -62,6 +63,11 @@ def _setting_seed(seed: int, trial: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{trial}/{name}".encode()).digest()[:6], "big")
 
 
+def _uniform(seed: int, trial: int, name: str) -> float:
+    """Trial ``trial``'s u in [0, 1) for setting ``name``: the first draw of its own generator."""
+    return float(torch.rand(1, generator=make_generator(_setting_seed(seed, trial, name)), dtype=torch.float64))
+
+
 def space_of(method: str, solver: str = "adamw") -> dict[str, Space]:
     """The settings a search of ``method`` draws: with the ``lbfgs`` probe solver the probe's training
     settings play no part (its l2 is solved for on a grid), so only the method's own remain."""
@@ -72,24 +78,19 @@ def space_of(method: str, solver: str = "adamw") -> dict[str, Space]:
 def trial_settings(method: str, trials: int, seed: int = 0, solver: str = "adamw") -> list[dict]:
     """The settings of each trial of ``method``: ``[{}, {"probe.lr": ..., ...}, ...]`` (trial 0: defaults).
 
-    A seeded Latin-hypercube draw: for each setting the N - 1 random trials take one value from
-    each of N - 1 equal strata of its space, in a random order, so a small budget still covers
-    every range. The order and the offsets within strata come from a generator seeded by
-    (search seed, setting name), so a setting shared by two methods takes the same values, whatever
-    the other settings drawn (``solver``: see :func:`space_of`). A method with nothing to draw has
-    one trial: more would repeat it."""
+    Trial t >= 1 draws each setting independently from its space, from one uniform ``u`` of a
+    generator seeded by (search ``seed``, t, setting name) alone. So ``trial_settings(m, 4)`` is a
+    prefix of ``trial_settings(m, 8)`` (raising ``search.trials`` adds trials and changes none), and
+    a setting shared by two methods takes the same value in the same trial of both, whatever the
+    other settings drawn (``solver``: see :func:`space_of`). The draws are plain random, not
+    stratified: a stratified draw depends on the number of trials. A method with nothing to draw
+    has one trial: more would repeat it."""
     space = space_of(method, solver)
     if trials < 1:
         raise ValueError(f"a search needs at least one trial, got {trials}")
-    if not space or trials == 1:
+    if not space:
         return [{}]
-    n, out = trials - 1, [{} for _ in range(trials)]
-    for name, s in space.items():
-        g = make_generator(_setting_seed(seed, n, name))
-        strata, offsets = torch.randperm(n, generator=g).tolist(), torch.rand(n, generator=g).tolist()
-        for t in range(1, trials):
-            out[t][name] = s.value((strata[t - 1] + offsets[t - 1]) / n)
-    return out
+    return [{}] + [{name: s.value(_uniform(seed, t, name)) for name, s in space.items()} for t in range(1, trials)]
 
 
 def table() -> list[dict]:

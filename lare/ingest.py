@@ -13,22 +13,35 @@ import numpy as np
 import torch
 
 from . import byo
-from .cache import save_embeddings
+from .cache import CacheCorruptError, CacheMismatchError, is_complete, load_embeddings, save_embeddings
 from .datasets import imagefolder_items, make_toy_images
 from .encoders import load_encoder
 from .extraction import class_text_entry, dist_barrier, dist_rank_world, extract_embeddings
 from .params import RunParams, resolve
 from .protocols import PROTOCOLS, cache_name, load_protocol
+from .provenance import ingest_fingerprint
 from .runfolder import index_path, write_index
 from .synthetic import SyntheticSpec, make_synthetic
-from .utils import hash_config
+from .utils import hash_config, sha256_file
+
+
+def _store(path: Path, manifest: dict, x: torch.Tensor, y: torch.Tensor, ids: list[str]) -> str:
+    """Write an entry, or keep the complete one already there under the same key (its files untouched)."""
+    if is_complete(path):
+        try:
+            found = load_embeddings(path, manifest)
+            if torch.equal(found.embeddings, x.float()) and torch.equal(found.labels, y.long()) and found.ids == ids:
+                return str(path)
+        except (CacheCorruptError, CacheMismatchError):
+            pass  # written again below
+    return str(save_embeddings(path, manifest, x, y, ids).path)
 
 
 def _text_entry(cache_dir: Path, dataset: str, encoder: str, purpose: str, emb: torch.Tensor,
                 names: list[str], manifest_base: dict) -> str:
     manifest = {**manifest_base, "dataset": dataset, "split": f"text-{purpose}", "n_items": len(names)}
     path = cache_dir / dataset / f"text-{purpose}" / f"{encoder}-{hash_config(manifest)}"
-    return str(save_embeddings(path, manifest, emb, torch.arange(len(names)), names).path)
+    return _store(path, manifest, emb, torch.arange(len(names)), names)
 
 
 def write_synthetic(run_dir, cache_dir, dataset: str, encoder: str, spec: dict, *, noise: float,
@@ -39,7 +52,8 @@ def write_synthetic(run_dir, cache_dir, dataset: str, encoder: str, spec: dict, 
     """
     sp = SyntheticSpec(**{**spec, "noise": noise})
     data = make_synthetic(sp, seed=int(round(noise * 1000)), world_seed=world_seed)
-    base = {"format": 1, "model": f"synthetic-{encoder}", "synthetic_spec": sp.__dict__, "world_seed": world_seed}
+    base = {"format": 1, "model": f"synthetic-{encoder}", "synthetic_spec": sp.__dict__, "world_seed": world_seed,
+            "ingest_code": ingest_fingerprint()}
     cache_dir = Path(cache_dir)
     splits = {}
     names = {"train": "train", "test": "test", **({"ood": "ood"} if with_domains else {})}
@@ -48,7 +62,7 @@ def write_synthetic(run_dir, cache_dir, dataset: str, encoder: str, spec: dict, 
         ids = [f"{split}/{i:06d}" for i in range(len(y))]
         manifest = {**base, "dataset": dataset, "split": split, "n_items": len(ids)}
         path = cache_dir / dataset / split / f"{encoder}-{hash_config(manifest)}"
-        splits[split] = str(save_embeddings(path, manifest, x, y, ids).path)
+        splits[split] = _store(path, manifest, x, y, ids)
     names_c = data["class_names"]
     class_text = _text_entry(cache_dir, dataset, encoder, "class", data["class_text"], names_c, base)
     extra = {k: _text_entry(cache_dir, dataset, encoder, k, data[f"{k}_text"], names_c, base)
@@ -66,8 +80,9 @@ def read_byo(path: str | Path, norm: str = "normalize") -> dict[str, np.ndarray]
 def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path, *, norm: str = "normalize") -> Path:
     """Bring your own embeddings: convert a checked ``.npz`` into the cache format and index it.
 
-    The policy for vectors of non-unit norm (``norm``) and what it normalised (each array's norm
-    range before) are part of the manifests and of the index's ``info``, which every result records."""
+    The file's sha256, the policy for vectors of non-unit norm (``norm``) and what it normalised
+    (each array's norm range before) are part of the manifests and of the index's ``info``, which
+    every result records (and hashes, as ``embeddings_hash``)."""
     f = byo.read(path, norm)
     for note in f.notes:  # what the preflight noted, shown where the file is read too (notebook 01)
         print(f"{encoder}: {f.path}: {note}")
@@ -76,8 +91,10 @@ def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path, 
     labels = torch.from_numpy(data["labels"].astype(np.int64))
     ids_all = [str(i) for i in data["ids"]] if "ids" in data else [f"{i:07d}" for i in range(len(labels))]
     names = [str(c) for c in data["class_names"]]
-    base = {"format": 1, "model": f"byo-{encoder}", "source_file": str(Path(path).resolve()), "byo_norm": norm,
-            "normalized": f.normalized}
+    # The file enters every key by its content: replaced in place, it gives new entries, boxes and rows.
+    base = {"format": 1, "model": f"byo-{encoder}", "source_file": str(Path(path).resolve()),
+            "source_sha256": sha256_file(path), "byo_norm": norm, "normalized": f.normalized,
+            "ingest_code": ingest_fingerprint()}
     cache_dir = Path(cache_dir)
     splits = {}
     for split in ("train", "test", "ood"):
@@ -87,7 +104,7 @@ def write_byo(run_dir, cache_dir, dataset: str, encoder: str, path: str | Path, 
         ids = [i for i, m in zip(ids_all, mask, strict=True) if m]
         manifest = {**base, "dataset": dataset, "split": split, "n_items": len(ids)}
         p = cache_dir / dataset / split / f"{encoder}-{hash_config(manifest)}"
-        splits[split] = str(save_embeddings(p, manifest, emb[torch.from_numpy(mask)], labels[torch.from_numpy(mask)], ids).path)
+        splits[split] = _store(p, manifest, emb[torch.from_numpy(mask)], labels[torch.from_numpy(mask)], ids)
     class_text = _text_entry(cache_dir, dataset, encoder, "class", torch.from_numpy(data["class_text"]).float(), names, base)
     extra = {}
     if "source_text" in data and "target_text" in data:

@@ -243,7 +243,8 @@ def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, au
                              l2=torch.tensor([c.l2 for c in probes], dtype=torch.float64),
                              seeds=[c.seed for c in probes], val_x=splits.val_x, val_y=splits.val_y,
                              max_epochs=p.epochs, patience=p.patience, batch_size=p.batch_size,
-                             select=p.select, augment=augment, min_steps=p.min_steps, stop=p.stop, device=device)
+                             select=p.select, augment=augment, min_steps=p.min_steps, max_steps=p.max_steps, stop=p.stop,
+                             device=device)
     sets = {**splits.evals, VALIDATION: (splits.val_x, splits.val_y)}
     preds = {name: res.predict(x) for name, (x, _) in sets.items()}  # (N, n) per set: every trial at once
     return [with_mean_ood({name: score(preds[name][i], y, splits) for name, (_, y) in sets.items()})

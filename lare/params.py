@@ -31,7 +31,7 @@ from .byo import NORM_POLICIES
 from .lads import LADSConfig
 from .methods import ReferenceConfig
 from .probe import ProbeConfig
-from .search import PROTOCOLS, SearchConfig
+from .search import PROTOCOLS, SearchConfig, replaced_under_tuned
 from .synthetic import SyntheticSpec
 from .train import is_int
 from .utils import resolve_device
@@ -305,6 +305,8 @@ def build(values: dict, *, where: str = "") -> RunParams:
             kwargs[name] = deep_merge(FIELDS[name].default_factory(), kwargs[name], _path=name)
     params = RunParams(**kwargs)
     problems += value_problems(params)
+    if params.protocol == "tuned":  # a setting the protocol replaces would silently do nothing: refuse it
+        problems += replaced_under_tuned(values)
     if problems:
         raise ParameterError(problems, where)
     return params

@@ -27,7 +27,6 @@ from .encoders import EncoderError, check_pretrained, resolve_model_name
 from .params import ParameterError, RunParams, dataset_files, load_params, overrides_from, profiles, resolve
 from .protocols import PROTOCOLS, check_sources
 from .runfolder import shots_problem
-from .search import replaced_under_tuned
 from .sources import CUB, cub_items, network_reachable
 from .treecheck import imagefolder_problems, tree_problems
 
@@ -170,8 +169,6 @@ def check_profile(profile: str, overrides: dict | None = None, *, root: Path | N
             problems = check(p, said) if data else []
         except Exception as err:  # a check that met something unforeseen still says which dataset, and no traceback
             problems = [f"the data checks of {stem} stopped on {type(err).__name__}: {err}"]
-        if p.protocol == "tuned":
-            said += replaced_under_tuned(overrides or {})
         for key in ("table1_dataset", "fewshot_dataset"):
             if getattr(p, key) not in names:
                 problems.append(f"{key} {getattr(p, key)!r} is not a dataset of profile {profile} ({sorted(names)})")

@@ -1,10 +1,13 @@
 """Results: one JSON row per (method, encoder, dataset, domain, shots, seed), then a CSV of
 mean and std over seeds; tables and figures read only the CSV.
 
-Each row carries the metrics, the full parameters, their hash, the git commit and the package
-versions. The JSON-lines file is rewritten atomically under a lock on every append, so a killed
-run leaves no partial row, and a row whose key and configuration are already there is not
-written twice.
+Each row carries the metrics, the full parameters and their hash, a hash of the embeddings it was
+computed on, the fingerprint of the library code (:mod:`lare.provenance`), the git commit (and
+whether the code was modified) and the package versions. A unit of work is done when rows with
+its parameters, embeddings and code are recorded; computed again (another setting, other
+embeddings, edited code, ``--force``), its new rows replace the old, which move to
+``results.superseded.jsonl`` beside the file. Every write rewrites the file atomically under a
+lock, so a killed run leaves no partial row, and a row already recorded is not written twice.
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from pathlib import Path
 import pandas as pd
 
 from .methods import table1_rows
+from .provenance import code_fingerprint, code_state, git_commit, package_versions
 from .stats import paired_interval
-from .utils import atomic_path, git_commit, hash_config, package_versions
+from .utils import atomic_path, hash_config
 
 KEY = ("method", "encoder", "dataset", "domain", "shots", "seed")
+UNIT = ("method", "encoder", "dataset", "shots", "seed")  # one unit of work: its rows, one per domain
 PROBE_METHOD = "linear-probe"  # the yardstick of the paired differences
 FULL_SHOTS = 0  # "shots = 0" means the whole training pool
+# What a row's numbers depend on besides its key: rows of one Table 1 cell must agree on each, and a
+# row is paired with the probe's only when both agree on the last three.
+PROVENANCE = {"config_hash": "parameters", "embeddings_hash": "embeddings", "code_fingerprint": "library code"}
+PAIRED_ON = ("protocol", "embeddings_hash", "code_fingerprint")
 
 
 @contextlib.contextmanager
@@ -39,16 +48,26 @@ def _locked(path: Path):
 
 
 def make_rows(*, method: str, encoder: str, dataset: str, shots: int, seed: int,
-              metrics_by_domain: dict[str, dict[str, float]], params: dict, extra: dict | None = None) -> list[dict]:
+              metrics_by_domain: dict[str, dict[str, float]], params: dict, extra: dict | None = None,
+              code: dict | None = None) -> list[dict]:
     """Rows for one unit of work (one method, encoder, dataset, shots, seed), one per domain.
 
-    ``params`` are the inputs (hashed: they decide whether a unit is done); ``extra`` what the run
-    found (the search's chosen trial and every trial's scores), recorded but not hashed."""
+    ``params`` are the inputs (hashed: with the code they decide whether a unit is done; their
+    ``embeddings`` entry is hashed on its own too); ``extra`` what the run found (the search's
+    chosen trial and every trial's scores), recorded but not hashed; ``code``: the
+    :func:`lare.provenance.code_state` (default: this process's)."""
     base = {"method": method, "encoder": encoder, "dataset": dataset, "shots": int(shots), "seed": int(seed),
-            "params": params, "config_hash": hash_config(params), "git_commit": git_commit(),
-            "versions": package_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+            "params": params, "config_hash": hash_config(params), "embeddings_hash": hash_config(params.get("embeddings")),
+            **(code or code_state()), "git_commit": git_commit(), "versions": package_versions(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     return [{**base, "domain": domain, **{k: float(v) for k, v in m.items()}}
             for domain, m in metrics_by_domain.items()]
+
+
+def superseded_path(path: str | Path) -> Path:
+    """Where rows replaced by a recomputation are kept: ``results.superseded.jsonl`` beside ``path``."""
+    path = Path(path)
+    return path.with_name(path.name.replace(".jsonl", "") + ".superseded.jsonl")
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -59,11 +78,22 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def _ident(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY) + (row["config_hash"],)
+    return tuple(row[k] for k in KEY) + (row["config_hash"], row.get("code_fingerprint"))
+
+
+def _unit(row: dict) -> tuple:
+    return tuple(row[k] for k in UNIT)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def append_rows(path: str | Path, rows: Iterable[dict]) -> int:
-    """Add rows not yet present (same key and config hash); returns how many were added."""
+    """Record rows: a row already present (same key, parameters and code) is not written again; the
+    rows of a unit computed again replace the unit's old rows, which move to :func:`superseded_path`.
+    Returns how many rows were added."""
     path = Path(path)
     with _locked(path):
         for torn in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
@@ -72,49 +102,80 @@ def append_rows(path: str | Path, rows: Iterable[dict]) -> int:
         seen = {_ident(r) for r in existing}
         new = [r for r in rows if _ident(r) not in seen]
         if new:
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in existing + new))
+            units = {_unit(r) for r in new}
+            old = [r for r in existing if _unit(r) in units]
+            if old:  # kept first: a kill between the two writes leaves a row twice, never none
+                archive = superseded_path(path)
+                _write_rows(archive, read_rows(archive) + old)
+            _write_rows(path, [r for r in existing if _unit(r) not in units] + new)
     return len(new)
 
 
 def has_result(path: str | Path, *, method: str, encoder: str, dataset: str, shots: int, seed: int,
-               params: dict) -> bool:
-    """True when rows for this unit of work with these parameters are already recorded."""
-    h = hash_config(params)
-    return any(r["config_hash"] == h and (r["method"], r["encoder"], r["dataset"], r["shots"], r["seed"])
+               params: dict, code: str | None = None) -> bool:
+    """True when rows for this unit of work with these parameters, made by this code
+    (``code``: a :func:`lare.provenance.code_fingerprint`, default this package's), are recorded."""
+    h, code = hash_config(params), code or code_fingerprint()
+    return any(r["config_hash"] == h and r.get("code_fingerprint") == code
+               and (r["method"], r["encoder"], r["dataset"], r["shots"], r["seed"])
                == (method, encoder, dataset, int(shots), int(seed)) for r in read_rows(path))
 
 
-def aggregate(rows: list[dict]) -> pd.DataFrame:
-    """Mean and sample std (ddof=1) over seeds per (method, encoder, dataset, domain, shots).
+def _with_provenance(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows recorded before a provenance field existed read as ``"unknown"`` in it."""
+    df = df.copy()
+    for col in (*PROVENANCE, "code_commit"):
+        df[col] = df[col].fillna("unknown") if col in df else "unknown"
+    df["code_modified"] = df["code_modified"].fillna(False).astype(bool) if "code_modified" in df else False
+    df["protocol"] = [(p or {}).get("protocol", "") if isinstance(p, dict) else "" for p in df.get("params", [None] * len(df))]
+    return df
 
-    Refuses to average rows whose configuration hashes differ within one cell. Also per cell: the
-    protocol, the settings the search selected per seed, and the difference from the linear probe
-    of the same encoder, dataset, domain and shots: the mean of the per-seed differences in top-1
-    with a paired 95 % t-interval (``delta_probe_mean``, ``_low``, ``_high``).
+
+def _refuse_mixed(df: pd.DataFrame, cell: list[str]) -> None:
+    """Refuse cells whose rows differ in parameters, embeddings or code, naming the rows."""
+    for col, what in PROVENANCE.items():
+        bad = [(k, g) for k, g in df.groupby(cell) if g[col].nunique() > 1]
+        if bad:
+            k, g = bad[0]
+            seeds = "; ".join(f"seeds {sorted(int(s) for s in h['seed'].unique())} have {col} {v}"
+                              for v, h in g.groupby(col))
+            raise ValueError(
+                f"results disagree in {what} within {len(bad)} cell(s), e.g. {dict(zip(cell, k, strict=True))}: {seeds}. "
+                "Run the same command again with every seed of that cell (rows are then recomputed with the current "
+                "parameters, code and embeddings), or remove the stale rows from the results file, or use another run folder")
+
+
+def aggregate(rows: list[dict]) -> pd.DataFrame:
+    """Mean and sample std (ddof=1; 0 for one seed) over seeds per (method, encoder, dataset, domain, shots).
+
+    Refuses to average rows that differ within one cell in parameters, embeddings or library code
+    (:data:`PROVENANCE`). Also per cell: the protocol, the code's commit and fingerprint, the
+    embeddings' hash, the settings the search selected per seed, and the difference from the linear
+    probe of the same encoder, dataset, domain and shots: the mean of the per-seed differences in
+    top-1 with a paired 95 % t-interval (``delta_probe_mean``, ``_low``, ``_high``), over the
+    ``delta_probe_pairs`` seeds whose probe row has the same protocol, embeddings and code.
     """
     if not rows:
         raise ValueError("no result rows to aggregate")
-    df = pd.DataFrame(rows)
+    df = _with_provenance(pd.DataFrame(rows))
     cell = ["method", "encoder", "dataset", "domain", "shots"]
-    mixed = df.groupby(cell)["config_hash"].nunique()
-    mixed = mixed[mixed > 1]
-    if len(mixed):
-        raise ValueError(f"results disagree in configuration within {len(mixed)} cell(s), e.g. {mixed.index[0]}: "
-                         "remove the stale rows from the results file or use another run folder")
+    _refuse_mixed(df, cell)
     agg = df.groupby(cell).agg(n_seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
                                balanced_acc_mean=("balanced_acc", "mean"), balanced_acc_std=("balanced_acc", "std"),
                                config_hash=("config_hash", "first")).reset_index()
-    agg = agg.fillna({"top1_std": 0.0, "balanced_acc_std": 0.0})
-    probe = {tuple(r[c] for c in [*cell[1:], "seed"]): r["top1"] for r in rows if r["method"] == PROBE_METHOD}
-    extra = {}  # per cell: protocol, settings selected per seed, paired difference from the probe
+    agg = agg.fillna({"top1_std": 0.0, "balanced_acc_std": 0.0})  # one seed: no spread (Table 1 says n = 1)
+    probe = {tuple(r[c] for c in [*cell[1:], "seed"]): r for r in df[df["method"] == PROBE_METHOD].to_dict("records")}
+    extra = {}  # per cell: provenance, settings selected per seed, paired difference from the probe
     for k, g in df.groupby(cell):
-        protocol = (g["params"].iloc[0] or {}).get("protocol", "") if "params" in g else ""
+        first = g.iloc[0]
         chosen = "selected" in g and g["selected"].notna().all()
         selected = json.dumps({int(r.seed): r.selected for r in g.itertuples()}, sort_keys=True) if chosen else ""
-        diffs = [t - probe[(*k[1:], s)] for t, s in zip(g["top1"], g["seed"], strict=True) if (*k[1:], s) in probe]
-        extra[k] = (protocol, selected, *paired_interval(diffs))
-    columns = ("protocol", "selected", "delta_probe_mean", "delta_probe_low", "delta_probe_high")
+        diffs = [r["top1"] - q["top1"] for r in g.to_dict("records")
+                 if (q := probe.get((*k[1:], r["seed"]))) and all(q[c] == r[c] for c in PAIRED_ON)]
+        extra[k] = (first["protocol"], first["embeddings_hash"], first["code_fingerprint"], first["code_commit"],
+                    bool(g["code_modified"].any()), selected, *paired_interval(diffs), len(diffs))
+    columns = ("protocol", "embeddings_hash", "code_fingerprint", "code_commit", "code_modified", "selected", "delta_probe_mean",
+               "delta_probe_low", "delta_probe_high", "delta_probe_pairs")
     values = [extra[k] for k in agg[cell].itertuples(index=False, name=None)]
     for n, col in enumerate(columns):
         agg[col] = [v[n] for v in values]
@@ -182,8 +243,24 @@ NOT_MEASURED_NOTE = ("not measured: the dataset has no out-of-domain ('ood') spl
                      "so that accuracy could not be measured")
 
 
-def _fmt(mean, std) -> str:
-    return NOT_MEASURED if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}"
+def _fmt(mean, std, n=None) -> str:
+    """'mean ± std'; one seed (``n == 1``) has no spread, so its cell says so instead of '± 0.00'."""
+    if pd.isna(mean):
+        return NOT_MEASURED
+    return f"{mean:.2f} (n = 1)" if n == 1 or pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def code_caption(agg: pd.DataFrame) -> str:
+    """What code made these results, for a caption: 'code at commit 0bf0d7d1a2b3 (lare/ fingerprint
+    ...)', with 'modified' when the package differed from that commit."""
+    if agg.empty or "code_commit" not in agg:
+        return "code: unknown"
+    parts = []
+    for (commit, fp), g in agg.groupby(["code_commit", "code_fingerprint"], sort=True):
+        modified = bool(g["code_modified"].any()) if "code_modified" in g else False
+        at = "an unknown commit" if commit == "unknown" else f"commit {str(commit)[:12]}"
+        parts.append(f"{at}{', modified' if modified else ''} (lare/ fingerprint {fp})")
+    return "code at " + "; ".join(parts)
 
 
 def _fmt_delta(mean, low, high) -> str:
@@ -197,7 +274,8 @@ def table1_display(t: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"Method": t["method"]})
     for _dom, col in DOMAINS:
         if f"{col} mean" in t:
-            out[col] = [_fmt(m, s) for m, s in zip(t[f"{col} mean"], t[f"{col} std"], strict=True)]
+            seeds = t["seeds"] if "seeds" in t else [None] * len(t)
+            out[col] = [_fmt(m, s, n) for m, s, n in zip(t[f"{col} mean"], t[f"{col} std"], seeds, strict=True)]
         if f"{col} vs probe mean" in t:
             out[f"{col} vs probe [95% CI]"] = [NOT_MEASURED if pd.isna(dm) else _fmt_delta(m, lo, hi) for dm, m, lo, hi in zip(
                 t[f"{col} mean"], t[f"{col} vs probe mean"], t[f"{col} vs probe low"], t[f"{col} vs probe high"], strict=True)]

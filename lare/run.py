@@ -8,9 +8,11 @@ and ``-p`` / ``-r`` values as one mapping), and loads its typed parameters with
 finds a problem.
 
 A step is skipped when its executed notebook exists and its stamp (``<run>/stamps/``) holds the
-hash of its merged parameters, its notebook, its inputs (the hashes of the steps it depends on,
-and the content of bring-your-own files). The library's own caches (embeddings, f_Box
-checkpoints, recorded results) are content-keyed, so a ``--force`` run redoes only what changed.
+hash of its merged parameters, its notebook, the library code (:func:`lare.provenance.code_fingerprint`)
+and its inputs (the hashes of the steps it depends on, and the content of bring-your-own files).
+Inside a step, the library reuses what is keyed by the same content: embeddings (by model, weights,
+items and extraction code), f_Box checkpoints and result rows (by parameters, embeddings and library
+code). ``--force`` runs every step and recomputes every unit downstream of the embeddings.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from .params import ParameterError, RunParams, overrides_from, project_root, resolve
 from .preflight import check_profile, format_notes, format_report, parse_options
+from .provenance import code_fingerprint, code_state
 from .utils import hash_config, sha256_file, write_json_atomic
 
 PER_DATASET = ("01_extract_embeddings", "02_train_boxes", "03_probe_lare", "04_baselines")
@@ -40,12 +43,15 @@ KERNEL = "python3"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in IPython's tracebacks
 
 USAGE_EXAMPLES = """\
-A step is skipped when its executed notebook exists and its stamp (runs/<profile>/stamps/) matches
-a hash of its merged parameters, its notebook and its inputs (the steps it depends on: the earlier
-steps of its dataset; 05 and 06 depend on all; bring-your-own files by content). Changes to
-downloaded data or to the lare/ library are not tracked: use --force after them (the library's
-caches then redo only what changed). Executed notebooks go to runs/<profile>/notebooks/, their logs
-to runs/<profile>/logs/, Table 1 and Figure 3 to figures/<profile>/.
+What is reused: embeddings are cached by what makes them (model, weights, preprocessing, items,
+the extraction code; a bring-your-own file by its content); f_Box checkpoints, result rows and the
+notebook stamps are keyed by their parameters, their embeddings and the lare/ code. After an edit to
+lare/ or a data file replaced in place, the same command recomputes what changed; with nothing
+changed it skips every step. --force recomputes every step and every unit downstream of the
+embeddings (delete the cache folder to extract again). Images changed in place under the same file
+names are not detected: delete the cache folder after that. Executed notebooks go to
+runs/<profile>/notebooks/, their logs to runs/<profile>/logs/, Table 1 and Figure 3 to
+figures/<profile>/.
 
 Environment: LARE_NO_SETUP=1 makes ./run_all.sh use the python on PATH as it is, instead of
 setting up .venv the way ./run_tests.sh does.
@@ -53,7 +59,9 @@ setting up .venv the way ./run_tests.sh does.
 Examples:
   ./run_all.sh --profile demo
   ./run_all.sh --profile paper -p data_root /data/lare
-  ./run_all.sh --profile demo -p probe.lr 0.01 -f my_overrides.yaml --force
+  ./run_all.sh --profile demo -p search.probe_lr 0.01     (under the default protocol: tuned)
+  ./run_all.sh --profile demo -p protocol fixed -p probe.lr 0.01
+  ./run_all.sh --profile demo --dry-run                    (check and print the plan, run nothing)
 """
 
 
@@ -100,9 +108,10 @@ def input_digests(p: RunParams) -> dict[str, str]:
     return {name: sha256_file(resolve(path)) for name, path in sorted(p.byo.items()) if resolve(path).is_file()}
 
 
-def step_hash(step: Step, p: RunParams, notebook: Path, after: list[str]) -> str:
+def step_hash(step: Step, p: RunParams, notebook: Path, after: list[str], code: str | None = None) -> str:
+    """A step's stamp: its parameters, notebook, inputs, the steps before it and the library code."""
     return hash_config({"step": step.notebook, "params": p.to_dict(), "notebook": sha256_file(notebook),
-                        "inputs": input_digests(p), "after": after}, length=64)
+                        "inputs": input_digests(p), "after": after, "code": code or code_fingerprint()}, length=64)
 
 
 def ensure_kernel() -> None:
@@ -156,7 +165,8 @@ def _fds_to(path: Path):
             os.close(copy)
 
 
-def execute(step: Step, *, root: Path, profile: str, overrides: dict, out: Path, log: Path, verbose: bool) -> None:
+def execute(step: Step, *, root: Path, profile: str, overrides: dict, out: Path, log: Path, verbose: bool,
+            force: bool = False) -> None:
     """One notebook through papermill, its cell output logged to ``log`` (and the terminal with ``verbose``)."""
     log.write_text("")
     logger = logging.getLogger("papermill")
@@ -169,7 +179,8 @@ def execute(step: Step, *, root: Path, profile: str, overrides: dict, out: Path,
     try:
         with contextlib.nullcontext() if verbose else _fds_to(log):
             papermill.execute_notebook(str(root / "notebooks" / f"{step.notebook}.ipynb"), str(out),
-                                       parameters={"profile": profile, "dataset": step.dataset, "overrides": overrides},
+                                       parameters={"profile": profile, "dataset": step.dataset, "overrides": overrides,
+                                                   "force": force},
                                        kernel_name=KERNEL, progress_bar=False, log_output=True, cwd=str(root))
     finally:
         logger.setLevel(level)
@@ -179,9 +190,11 @@ def execute(step: Step, *, root: Path, profile: str, overrides: dict, out: Path,
 
 
 def run_profile(profile: str, options: list[tuple[str, ...]] = (), *, force: bool = False, verbose: bool = False,
-                root: Path | None = None, check_data: bool = True) -> dict:
-    """Run (or skip) every step of a profile; returns counts. Raises :class:`RunFailed` or
-    :class:`ParameterError` with a message for people."""
+                root: Path | None = None, check_data: bool = True, dry_run: bool = False) -> dict:
+    """Run (or skip) every step of a profile; returns counts. ``force``: run every step and
+    recompute every unit downstream of the embeddings. ``dry_run``: check the parameters and data
+    and print the plan (each step: would run or up to date), running and writing nothing. Raises
+    :class:`RunFailed` or :class:`ParameterError` with a message for people."""
     root = Path(root or project_root())
     overrides = overrides_from(list(options))
     say("preflight: checking parameters, datasets and encoders")
@@ -202,15 +215,19 @@ def run_profile(profile: str, options: list[tuple[str, ...]] = (), *, force: boo
     first = loaded[datasets[0]]
     run = first.run_path if first.run_dir else root / "runs" / profile
     folders = {k: run / k for k in ("notebooks", "stamps", "logs")}
-    for f in folders.values():
+    for f in folders.values() if not dry_run else ():
         f.mkdir(parents=True, exist_ok=True)
     steps = plan(datasets)
-    say(f"profile {profile}: {len(datasets)} dataset(s) ({' '.join(datasets)}), {len(steps)} steps, run folder {run}/")
-    ensure_kernel()
+    say(f"profile {profile}: {len(datasets)} dataset(s) ({' '.join(datasets)}), {len(steps)} steps, run folder {run}/"
+        + (" [dry run: nothing is run or written]" if dry_run else ""))
+    if not dry_run:
+        ensure_kernel()
+    code = code_state()
     t0, counts, hashes = time.monotonic(), {"run": 0, "skipped": 0}, {}
     for n, step in enumerate(steps, 1):
         after = [hashes[s.key] for s in steps[:n - 1] if not step.per_dataset or s.dataset == step.dataset]
-        h = step_hash(step, loaded[step.dataset], root / "notebooks" / f"{step.notebook}.ipynb", after)
+        h = step_hash(step, loaded[step.dataset], root / "notebooks" / f"{step.notebook}.ipynb", after,
+                      code["code_fingerprint"])
         hashes[step.key] = h
         out, stamp, log = (folders["notebooks"] / f"{step.key}.ipynb", folders["stamps"] / f"{step.key}.json",
                            folders["logs"] / f"{step.key}.log")
@@ -220,20 +237,27 @@ def run_profile(profile: str, options: list[tuple[str, ...]] = (), *, force: boo
             print("skipped (up to date)")
             counts["skipped"] += 1
             continue
+        if dry_run:
+            print("would run" + (" (--force)" if force and out.is_file() and _stamp_hash(stamp) == h else ""))
+            counts["run"] += 1
+            continue
         stamp.unlink(missing_ok=True)
         start = time.monotonic()
         if verbose:
             print()
         try:
-            execute(step, root=root, profile=profile, overrides=overrides, out=out, log=log, verbose=verbose)
+            execute(step, root=root, profile=profile, overrides=overrides, out=out, log=log, verbose=verbose, force=force)
         except Exception as err:  # papermill's execution error, or a kernel that would not start
             print(f"FAILED after {human_time(time.monotonic() - start)}")
             raise RunFailed(failure_report(step, profile, out, log, err)) from err
         secs = time.monotonic() - start
         write_json_atomic(stamp, {"step": step.notebook, "dataset": step.dataset, "hash": h, "notebook": str(out),
-                                  "seconds": round(secs, 1)})
+                                  "seconds": round(secs, 1), **code})
         print(f"{'        ' + step.label + ' ' + dots + ' ' if verbose else ''}done in {human_time(secs)}")
         counts["run"] += 1
+    if dry_run:
+        say(f"dry run: {counts['run']} step(s) would run, {counts['skipped']} up to date")
+        return counts
     say(f"all {len(steps)} steps finished in {human_time(time.monotonic() - t0)} "
         f"({counts['run']} run, {counts['skipped']} skipped)")
     figs = first.figures_path
@@ -256,7 +280,7 @@ def _stamp_hash(path: Path) -> str | None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="./run_all.sh", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLES,
-        description="Run the LARE notebooks 01-06 with papermill for one profile: Table 1 and Figure 3 in one command.")
+        description="Run the LARE notebooks 01-07 with papermill for one profile: Table 1 and Figure 3 in one command.")
     ap.add_argument("--profile", default="paper", help="parameter profile, a folder of params/: paper (the paper's "
                     "datasets and encoders, downloads what is missing), arxiv (the arXiv version's DomainNet and CIFAR-100-LT "
                     "benchmarks), demo (built-in synthetic data, offline, a few minutes on a laptop CPU), smoke (the "
@@ -269,7 +293,10 @@ def parser() -> argparse.ArgumentParser:
                     "dotted names reach inside mappings (-p probe.lr 0.01); may be repeated")
     ap.add_argument("-r", metavar=("NAME", "VALUE"), nargs=2, dest="raw", action="append",
                     help="like -p, but VALUE is always a string")
-    ap.add_argument("--force", action="store_true", help="run every step, even those that are up to date")
+    ap.add_argument("--force", action="store_true", help="run every step and recompute every unit downstream of the "
+                    "embeddings (f_Box, every method's rows), whatever is recorded; the embeddings are reused")
+    ap.add_argument("--dry-run", action="store_true", help="check the parameters and data, print the plan (which steps "
+                    "would run) and stop: nothing is run or written")
     ap.add_argument("-v", "--verbose", action="store_true", help="stream the notebooks' output")
     return ap
 
@@ -284,7 +311,7 @@ def main(argv: list[str] | None = None, *, root: Path | None = None) -> int:
             return 1
     try:
         run_profile(args.profile, [(o[0], str(Path(o[1]).resolve()), *o[2:]) if o[0] == "-f" else o for o in options],
-                    force=args.force, verbose=args.verbose, root=root)
+                    force=args.force, verbose=args.verbose, root=root, dry_run=args.dry_run)
     except (ParameterError, RunFailed) as err:
         msg = "\n".join(err.problems) if isinstance(err, ParameterError) and len(err.problems) == 1 else str(err)
         print(("\n" if isinstance(err, RunFailed) else "") + msg, file=sys.stderr)

@@ -5,8 +5,9 @@ hyperparameter search with model selection on in-domain validation only).
 unit (dataset, encoder, shots, seed); trial 0 is the defaults. Every trainer of a trial (f_Box, the
 LADS augmenter, the probe) trains until its validation score stops improving for
 ``search.patience`` epochs, within ``search.max_epochs``. The trial with the best validation score
-(the probe's ``select`` metric on the validation split carved from the training pool) is the
-method's result; the evaluation sets (in-domain test, out-of-domain) are never read for a choice.
+(the probe's ``select`` metric on the validation split carved from the training pool; the first on
+ties, NaN as worst: :func:`select`) is the method's result; the evaluation sets (in-domain test,
+out-of-domain) are never read for a choice.
 Every trial's scores are kept with the row, so an *oracle* selection (on the out-of-domain set)
 can be reported beside it, labelled as such, as DomainBed does.
 """
@@ -14,16 +15,17 @@ can be reported beside it, labelled as such, as DomainBed does.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .hparams import trial_settings
 from .methods import VALIDATION, Method, Metrics
 from .probe import SOLVERS, ProbeConfig
-from .train import is_int
+from .train import first_best, is_int
 
 PROTOCOLS = ("tuned", "fixed")
 # What ``tuned`` sets in the sections, field: the SearchConfig field it takes (a value given for one
-# of these fields under ``tuned`` plays no part: preflight says so, see :func:`replaced_under_tuned`).
+# of these fields under ``tuned`` would play no part, so it is refused, see :func:`replaced_under_tuned`).
 BUDGET = {"epochs": "max_epochs", "patience": "patience"}  # every trainer's (TRAINERS)
 PROBE_RECIPE = {"solver": "solver", "stop": "probe_stop", "batch_size": "probe_batch_size",
                 "weight_decay": "probe_weight_decay", "lr": "probe_lr", "l2": "probe_l2"}
@@ -103,16 +105,18 @@ def protocol_sections(sections: dict, protocol: str, search: SearchConfig) -> di
 
 
 def replaced_under_tuned(given: dict) -> list[str]:
-    """What to tell a user whose own settings (``given``: the ``-p`` / ``-f`` values, nested) include
-    fields that ``tuned`` replaces by the search's (:data:`BUDGET`, :data:`PROBE_RECIPE`)."""
+    """Why settings in ``given`` (raw values, nested: a profile file with the ``-f`` / ``-p`` values
+    over it) cannot be used under ``tuned``, which replaces them by the search's (:data:`BUDGET`,
+    :data:`PROBE_RECIPE`): one problem per field, naming the ``search.*`` field to set instead."""
     out = []
     for section in TRAINERS:
         fields = given.get(section)
         for field in fields if isinstance(fields, dict) else {}:
             source = BUDGET.get(field) or (PROBE_RECIPE.get(field) if section == "probe" else None)
             if source:
-                out.append(f"{section}.{field} is set but plays no part under protocol 'tuned', which trains with "
-                           f"search.{source} instead: set search.{source}, or -p protocol fixed for the single recipe")
+                out.append(f"{section}.{field} is set, but protocol 'tuned' replaces it by search.{source}: set "
+                           f"search.{source} instead (-p search.{source} VALUE), or use -p protocol fixed to train with "
+                           f"{section}.{field}")
     return out
 
 
@@ -134,6 +138,7 @@ def run_trials(m: Method, splits, configs: list, device) -> list[Metrics]:
 
 
 def select(trials: list[Metrics], metric: str, domain: str = VALIDATION) -> int:
-    """The trial with the best ``metric`` on ``domain`` (the validation split; the first on ties)."""
-    scores = [t[domain][metric] if domain in t else float("-inf") for t in trials]
-    return max(range(len(trials)), key=lambda i: (scores[i], -i))
+    """The trial with the best ``metric`` on ``domain`` (the validation split), by the library's
+    tie rule (:func:`lare.train.first_best`): the first of those within ``SCORE_TIE_TOL`` of the
+    best; a NaN score, or a trial without ``domain``, counts as worst."""
+    return first_best([t[domain][metric] if domain in t else -math.inf for t in trials])

@@ -1,8 +1,8 @@
 """The one training loop shared by f_Box and LADS: minimise a dict of loss terms on tensors.
 
 Tensors stay on the device; batches are index slices of a seeded permutation (no DataLoader,
-no per-sample Python). The epoch with the lowest validation ``total`` is kept (the last epoch
-when there is no validation split).
+no per-sample Python). The epoch with the lowest validation ``total`` is kept (the first on ties; a
+NaN loss never; the last epoch when there is no validation split).
 
 ``precision="bf16"`` runs the forward pass under bfloat16 autocast (about twice the matrix
 throughput of float32 on CPUs with AVX512-BF16 or AMX and on recent GPUs); weights, the AdamW
@@ -149,6 +149,17 @@ LOSS_REL_TOL = 1e-3
 # Validation accuracies closer than this (percentage points) tie: the same balanced accuracy reached
 # with different per-class hits can differ by float rounding (1e-14), which must not count as a gain.
 SCORE_TIE_TOL = 1e-9
+
+
+def first_best(scores, tol: float = SCORE_TIE_TOL) -> int:
+    """The index of the highest score, the library's rule for every choice among trials: the first
+    (lowest index) of those within ``tol`` of the highest; NaN counts as worst (as -inf), since
+    ``max`` over NaN depends on the order. All NaN or -inf: index 0."""
+    if not len(scores):
+        raise ValueError("nothing to choose from: no scores")
+    clean = [-math.inf if math.isnan(s) else s for s in map(float, scores)]
+    top = max(clean)
+    return next(i for i, s in enumerate(clean) if s >= top - tol)
 
 
 class EarlyStop:

@@ -29,7 +29,7 @@ from .stacked import (
     shared_cross_entropy_grads,
     split_cross_entropy_grads,
 )
-from .train import LOSS_REL_TOL, SCORE_TIE_TOL, EarlyStop, effective_epochs, is_int, seeded_init
+from .train import LOSS_REL_TOL, SCORE_TIE_TOL, EarlyStop, effective_epochs, first_best, is_int, seeded_init
 from .utils import make_generator, resolve_device
 
 # Scores closer than this (in percentage points) tie: the same balanced accuracy reached with
@@ -114,14 +114,14 @@ class TrialsResult:
         return model.eval()
 
     def best_trial(self) -> int:
-        """Index of the trial with the highest validation score (the first one on ties)."""
-        top = max(self.best_score)
-        return next(i for i, s in enumerate(self.best_score) if s >= top - TIE_TOL)
+        """Index of the trial with the highest validation score (the first within :data:`TIE_TOL` on
+        ties, NaN as worst: :func:`lare.train.first_best`)."""
+        return first_best(self.best_score, TIE_TOL)
 
 
 # ---------------------------------------------------------------- training
 def _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay, l2, seeds, max_epochs, patience,
-                  batch_size, select, min_steps, stop) -> None:
+                  batch_size, select, min_steps, stop, max_steps) -> None:
     """Reject bad settings before any training starts."""
     if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
@@ -143,9 +143,11 @@ def _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay,
     if (lr <= 0).any() or (weight_decay < 0).any() or (l2 < 0).any():
         raise ValueError(f"lr must be > 0, weight_decay and l2 >= 0, got {lr.tolist()}, {weight_decay.tolist()}, {l2.tolist()}")
     for name, v, low in (("patience", patience, 1), ("max_epochs", max_epochs, 1), ("batch_size (0: full batch)", batch_size, 0),
-                         ("min_steps", min_steps, 0)):
+                         ("min_steps", min_steps, 0), ("max_steps (0: no bound)", max_steps, 0)):
         if not is_int(v) or v < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    if min_steps and max_steps and min_steps > max_steps:
+        raise ValueError(f"min_steps ({min_steps}) must not exceed max_steps ({max_steps})")
     if select not in SELECT_METRICS:
         raise ValueError(f"select must be one of {SELECT_METRICS}, got {select!r}")
     if stop not in STOPS:
@@ -168,7 +170,8 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
                        weight_decay: torch.Tensor, seeds: list[int], val_x: torch.Tensor, val_y: torch.Tensor,
                        max_epochs: int = 200, patience: int = 10, batch_size: int = 256, select: str = "balanced_acc",
                        augment: BatchedAugmenter | None = None, min_steps: int = 0, l2: torch.Tensor | None = None,
-                       stop: str = "val", device: str | torch.device | None = None, progress: bool = False) -> TrialsResult:
+                       stop: str = "val", max_steps: int = 0, device: str | torch.device | None = None,
+                       progress: bool = False) -> TrialsResult:
     """Train N = len(seeds) linear probes at once, each stopped early on the validation split.
 
     Trial i: ``nn.Linear(d, C)`` initialised with seeds[i], AdamW with lr[i] and weight_decay[i]
@@ -182,8 +185,10 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     (``balanced_acc`` or ``top1``); its best epoch's weights are kept (the first on ties, within
     :data:`TIE_TOL`). A trial stops ("patience") when it has not improved for ``patience``
     epochs and has done at least ``min_steps`` optimiser steps; from then on its parameters and
-    optimiser state are frozen. ``max_epochs`` is stretched, as :func:`lare.train.effective_epochs`
-    does, when it cannot reach ``min_steps``; trials still running at its end stop by "budget".
+    optimiser state are frozen. ``max_epochs`` is stretched or cut by :func:`lare.train.effective_epochs`,
+    as :func:`lare.probe.train_probe` does, to take at least ``min_steps`` and at most ``max_steps``
+    optimiser steps (0: no bound; the originals plus the augmenter's extras per epoch); trials still
+    running at its end stop by "budget".
     ``stop`` ``loss`` (:attr:`lare.probe.ProbeConfig.stop`): patience counts epochs without a fall
     of the trial's training objective (its epoch's mean cross-entropy plus the l2 term, by more
     than :data:`lare.train.LOSS_REL_TOL` of its fall since the first epoch), and each trial keeps
@@ -200,7 +205,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     if l2 is None and isinstance(seeds, list | tuple):
         l2 = torch.zeros(len(seeds))
     _check_inputs(train_x, train_y, val_x, val_y, num_classes, lr, weight_decay, l2, seeds, max_epochs, patience,
-                  batch_size, select, min_steps, stop)
+                  batch_size, select, min_steps, stop, max_steps)
     dev = resolve_device(device)
     trials, (n, d) = len(seeds), train_x.shape
     x, y = train_x.to(dev, torch.float32), train_y.to(dev, torch.long)
@@ -229,7 +234,7 @@ def train_probe_trials(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     sample_gens = [make_generator(seeds[0] + 1, dev)] * trials if shared else [make_generator(s + 1, dev) for s in seeds]
 
     m = getattr(augment, "size", 0) if augment is not None else 0
-    epochs = effective_epochs(max_epochs, n + m, batch_size, min_steps)
+    epochs = effective_epochs(max_epochs, n + m, batch_size, min_steps, max_steps)
     # loss: the kept epoch is the last, theta itself (a stopped trial's parameters stay frozen), so no copy is kept
     best_theta = None if on_loss else theta.clone()
     best = torch.full((trials,), -math.inf, dtype=torch.float64, device=dev)

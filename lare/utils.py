@@ -1,4 +1,4 @@
-"""Small shared helpers: devices, seeded generators, atomic writes, hashing, provenance."""
+"""Small shared helpers: devices, seeded generators, atomic writes, hashing."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,29 +94,3 @@ def _umask() -> int:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """The current git commit (with ``-dirty`` when the tree has changes), or ``"unknown"``."""
-    cwd = cwd or Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that change the numbers."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "open_clip_torch", "numpy", "lare"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out

@@ -79,9 +79,14 @@ def demo(*options):
     return load_params("demo", "synthetic_domains", overrides_from(list(options)))
 
 
+def fixed(*options):
+    """The demo under the fixed protocol, where the probe's own recipe (probe.lr, epochs) is used."""
+    return demo(("-p", "protocol", "fixed"), *options)
+
+
 @pytest.mark.parametrize("option", [("-p", "probe", "{lr: 0.01}"), ("-p", "probe.lr", "0.01")], ids=["mapping", "dotted"])
 def test_p_changes_only_the_named_setting(option):
-    base, changed = demo(), demo(option)
+    base, changed = fixed(), fixed(option)
     assert changed.probe.lr == 0.01 and base.probe.lr != 0.01
     assert dataclasses.replace(changed.probe, lr=base.probe.lr) == base.probe
     assert dataclasses.replace(changed, probe=base.probe) == base
@@ -90,7 +95,7 @@ def test_p_changes_only_the_named_setting(option):
 def test_f_files_deep_merge_and_p_wins(tmp_path):
     f = tmp_path / "over.yaml"
     f.write_text("probe: {epochs: 7, lr: 0.5}\nencoders: {clip: {noise: 0.3}}\n")
-    p = demo(("-p", "probe.lr", "0.01"), ("-f", str(f)))
+    p = fixed(("-p", "probe.lr", "0.01"), ("-f", str(f)))
     assert (p.probe.epochs, p.probe.lr, p.probe.min_steps) == (7, 0.01, demo().probe.min_steps)
     assert p.encoders["clip"] == {"model": "synthetic", "pretrained": "none", "noise": 0.3}
     assert "coca" in p.encoders
@@ -114,7 +119,7 @@ def test_defaults_come_from_the_config_classes_only():
 def test_every_problem_is_reported_at_once_with_suggestions():
     with pytest.raises(ParameterError) as err:
         build({"encoders": {"coca": {"noise": 0.6}}, "seds": [0], "probe": {"lrr": 0.1, "epochs": 0},
-               "shots": "3", "box": 5})
+               "shots": "3", "box": 5, "protocol": "fixed"})
     msg = str(err.value)
     for needle in ("unknown parameter 'seds' (did you mean seeds?)", "probe.lrr (did you mean lr?)",
                    "probe: epochs must be an integer >= 1", "'shots' must be a list", "box must be a mapping"):

@@ -282,3 +282,40 @@ def test_train_box_bf16_matches_fp32_closely_and_is_deterministic(data):
         assert p.dtype == torch.float32  # master weights stay float32
     lower, upper = r16a.boxes(data["test_x"])
     assert lower.dtype == torch.float32 and (upper >= lower).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batched_box_trials_equal_train_box_under_each_precision(data, precision, monkeypatch):
+    """The batched trainer holds its inputs in the dtype ``precision`` gives, as train_box does (bf16:
+    cast once), and alone (N = 1) or beside another trial gives train_box's epochs and boxes."""
+    import lare.batched
+    import lare.box
+    from lare.batched import train_box_trials
+
+    seen = {}
+
+    def spy(module, name, key):
+        real = getattr(module, name)
+
+        def wrapped(model, terms, x, y, *, val, **kw):
+            seen[key] = (x.dtype, val[0].dtype)
+            return real(model, terms, x, y, val=val, **kw)
+        monkeypatch.setattr(module, name, wrapped)
+
+    spy(lare.box, "minimise", "single")
+    spy(lare.batched, "minimise_trials", "batched")
+    cfgs = [BoxConfig(epochs=12, batch_size=32, lr=1e-2, seed=0, patience=3, precision=precision, alpha=a, scale=s)
+            for a, s in ((0.5, 100.0), (0.2, 20.0))]
+    x, y, text = data["train_x"], data["train_y"], data["class_text"]
+    val = dict(val_x=data["test_x"], val_y=data["test_y"])
+    for cfgs_together in ([cfgs[0]], cfgs):
+        batched = train_box_trials(x, y, text, cfgs_together, device="cpu", **val)
+        for cfg, b in zip(cfgs_together, batched, strict=True):
+            a = fit(data, cfg)
+            assert seen["single"] == seen["batched"] == (torch.bfloat16 if precision == "bf16" else torch.float32,) * 2
+            assert (a.best_epoch, a.stopped_by, len(a.history)) == (b.best_epoch, b.stopped_by, len(b.history))
+            # alone the same numbers; beside another trial bf16's batched products may round differently
+            tol = 1e-6 if len(cfgs_together) == 1 else 1e-3
+            assert [h["val_total"] for h in b.history] == pytest.approx([h["val_total"] for h in a.history], abs=tol)
+            for p, q in zip(a.boxes(data["test_x"]), b.boxes(data["test_x"]), strict=True):
+                torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5)

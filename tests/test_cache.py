@@ -31,7 +31,8 @@ LABELS = ["a", "b", "c"]
 ENTRY_FILES = {"manifest.json", "embeddings.safetensors", "ids.json", "complete.json"}
 
 BASE_INFO = {"model": "lare-tiny-clip", "pretrained": "none", "open_clip_version": "3.3.0",
-             "model_config_digest": "0123456789abcdef", "weights_id": "none", "preprocessing": "Compose(Resize(32))", "precision": "fp32"}
+             "model_config_digest": "0123456789abcdef", "weights_id": "none", "preprocessing": "Compose(Resize(32))", "precision": "fp32",
+             "extraction_code": "0123456789abcdef"}
 BASE_KW = {"dataset": "cub", "split": "train", "ids": ["x1", "x2", "x3"], "label_names": ["a", "b"], "normalize": True}
 
 
@@ -148,7 +149,7 @@ def test_load_missing_entry_says_what_to_do(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("model", "ViT-B-32"), ("pretrained", "openai"), ("precision", "bf16"),
                                           ("normalize", False), ("label_names", ["x", "y"]),
-                                          ("model_config_digest", "ffff")])
+                                          ("model_config_digest", "ffff"), ("extraction_code", "eeee")])
 def test_load_with_differing_expectation_names_the_field(tmp_path, field, value):
     path, m, *_ = _saved_entry(tmp_path)
     with pytest.raises(CacheMismatchError) as err:

@@ -220,10 +220,6 @@ def test_search_spaces_and_equal_budgets():
     # paired: a setting two methods share takes the same value in the same trial
     lp, lare = trial_settings("linear-probe", 6), trial_settings("lare", 6)
     assert [t["probe.lr"] for t in lp[1:]] == [t["probe.lr"] for t in lare[1:]]
-    # stratified: the 5 random trials of one setting fall in 5 different fifths of its (log) range
-    lr = HPARAMS["linear-probe"]["probe.lr"]
-    fifths = sorted(int(5 * (math.log(t["probe.lr"]) - math.log(lr.low)) / (math.log(lr.high) - math.log(lr.low))) for t in lp[1:])
-    assert fifths == [0, 1, 2, 3, 4]
     # the lbfgs solver solves for l2 itself: the trials draw only the method's own settings, the same values
     assert trial_settings("linear-probe", 6, solver="lbfgs") == [{}]
     solved = trial_settings("lare", 6, solver="lbfgs")
@@ -256,24 +252,28 @@ def test_fixed_protocol_runs_one_recipe(world):
     assert run_lare is m.run and run_linear_probe is REGISTRY["linear-probe"].run and run_lads is REGISTRY["lads"].run
 
 
-def test_preflight_says_which_given_settings_tuned_replaces():
-    """Under ``tuned`` a user's ``-p probe.lr`` or ``-p box.epochs`` plays no part (the search's values
-    replace them): preflight says so, and names what to set instead; under ``fixed`` it says nothing."""
+def test_settings_tuned_replaces_are_refused_before_any_work():
+    """Under ``tuned`` a user's ``-p probe.lr`` or ``-p box.epochs`` would play no part (the search's
+    values replace them): the parameters are refused, naming what to set instead; under ``fixed``
+    they are used. Settings that do play a part (probe.select, box.alpha, search.*) pass."""
+    from lare.params import ParameterError, load_params
     from lare.preflight import check_profile
     from lare.search import BUDGET, PROBE_RECIPE
 
     given = {"probe": {"lr": 0.5, "l2": 0.1, "select": "top1"}, "box": {"epochs": 3, "alpha": 0.3},
              "search": {"probe_lr": 0.05}}
-    notes: dict = {}
-    check_profile("demo", given, data=False, notes=notes)
-    said = [x for n in notes.values() for x in n]
+    _, report = check_profile("demo", given, data=False)
+    said = [x for n in report.values() for x in n]
+    assert set(report) == {"synthetic_domains", "synthetic_fewshot"}
     for name, source in (("probe.lr", "probe_lr"), ("probe.l2", "probe_l2"), ("box.epochs", "max_epochs")):
-        assert any(x.startswith(f"{name} is set") and f"search.{source}" in x for x in said), (name, said)
+        assert any(x.startswith(f"{name} is set") and f"search.{source} instead" in x and "-p protocol fixed" in x
+                   for x in said), (name, said)
     assert not any(x.startswith(("probe.select", "box.alpha", "search.")) for x in said)  # these do play a part
-    notes = {}
-    check_profile("demo", {**given, "protocol": "fixed"}, data=False, notes=notes)
-    assert not any("protocol 'tuned'" in x for n in notes.values() for x in n)
-    # every field the note names is one that the tuned recipe really replaces
+    with pytest.raises(ParameterError, match="probe.lr is set"):
+        load_params("demo", "synthetic_domains", {"probe": {"lr": 0.5}})  # what a notebook starts with
+    loaded, report = check_profile("demo", {**given, "protocol": "fixed"}, data=False)
+    assert not report and loaded["synthetic_domains"].probe.lr == 0.5
+    # every field refused is one that the tuned recipe really replaces
     p = SearchConfig(max_epochs=7, patience=3, probe_lr=0.07, probe_l2=0.2)
     recipe = p.probe_recipe(ProbeConfig())
     for field, source in {**BUDGET, **PROBE_RECIPE}.items():
@@ -300,3 +300,40 @@ def test_solver_settings_are_checked():
         with pytest.raises(ValueError, match="l2_grid"):
             ProbeConfig(l2_grid=bad)
     assert ProbeConfig(l2_grid=[1, 0.1]).l2_grid == (1.0, 0.1)  # a YAML list becomes the recorded tuple
+
+
+def test_trial_draws_are_seeded_per_search_seed_trial_and_setting():
+    """Raising ``search.trials`` adds trials and changes none; a setting two methods share takes the
+    same value in the same trial of both; every value lies in its space; the search seed matters."""
+    for method, space in HPARAMS.items():
+        if not space:
+            continue
+        eight = trial_settings(method, 8, seed=3)
+        assert trial_settings(method, 4, seed=3) == eight[:4] and trial_settings(method, 2, seed=3) == eight[:2]
+        for t in eight[1:]:
+            for name, s in space.items():
+                v = t[name]
+                assert v in s.choices if s.kind == "choice" else s.low <= v <= s.high, (name, v)
+        other = trial_settings(method, 8, seed=4)
+        for name in space:
+            if space[name].kind != "choice":  # three choices may repeat by chance
+                assert all(a[name] != b[name] for a, b in zip(eight[1:], other[1:], strict=True)), name
+    for shared in ("probe.lr", "probe.l2"):
+        per_method = [[t[shared] for t in trial_settings(m, 8, seed=3)[1:]] for m in ("linear-probe", "lads", "lare")]
+        assert per_method[0] == per_method[1] == per_method[2] and len(set(per_method[0])) == 7
+    alphas = [t["box.alpha"] for t in trial_settings("lare", 8, seed=3)[1:]]
+    assert alphas == [t["box.alpha"] for t in trial_settings("lare", 8, seed=3, solver="lbfgs")[1:]]
+
+
+def test_select_takes_the_first_on_ties_and_nan_as_worst():
+    def trials(*scores):
+        return [{"validation": {"top1": s}} for s in scores]
+
+    assert select(trials(70.0, 70.0 + 1e-12, 60.0), "top1") == 0  # equal up to float rounding: the first
+    assert select(trials(60.0, 70.0, 70.0), "top1") == 1
+    for order in ((math.nan, 10.0, 20.0), (20.0, math.nan, 10.0), (10.0, 20.0, math.nan)):
+        assert select(trials(*order), "top1") == order.index(20.0)  # NaN never wins, wherever it stands
+    assert select(trials(math.nan, 5.0), "top1") == 1 and select(trials(math.nan, math.nan), "top1") == 0
+    assert select([{}, {"validation": {"top1": 1.0}}], "top1") == 1  # a trial without the split: worst
+    with pytest.raises(ValueError, match="no scores"):
+        select([], "top1")

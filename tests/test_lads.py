@@ -185,3 +185,18 @@ def test_train_lads_bf16_trains_close_to_fp32(data, trained):
     first = trained.history[0]["train_total"]
     assert math.isfinite(t16) and t16 < first - 0.1
     assert abs(t16 - t32) < 0.1 * (first - t32) + 0.02
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batched_lads_trials_equal_train_lads_under_each_precision(data, precision):
+    """Alone (N = 1) the batched augmenter trains as train_lads does under either precision (both keep
+    the inputs float32 under bf16: x enters the alignment loss itself, not only through a product)."""
+    from lare.batched import train_lads_trials
+
+    cfg = LADSConfig(**{**CFG.to_dict(), "epochs": 8, "precision": precision})
+    (b,) = train_lads_trials(data["train_x"], data["train_y"], data["photo_text"], data["painting_text"], [cfg],
+                             val_x=data["test_x"], val_y=data["test_y"], device="cpu")
+    a = fit(data, cfg)
+    assert (a.best_epoch, len(a.history)) == (b.best_epoch, len(b.history))
+    assert [h["val_total"] for h in b.history] == pytest.approx([h["val_total"] for h in a.history], abs=1e-6)
+    torch.testing.assert_close(b.augment(data["test_x"]), a.augment(data["test_x"]), atol=1e-5, rtol=1e-5)

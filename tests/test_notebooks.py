@@ -32,11 +32,11 @@ def _parameter_names(name) -> set[str]:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_cell_is_only_what_papermill_injects(name):
-    """The schema lives in lare.params; the cell holds profile, dataset and overrides, and the next cell loads."""
+    """The schema lives in lare.params; the cell holds profile, dataset, overrides and force (--force); the next cell loads."""
     nb = _nb(name)
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     assert len(nb.cells[i].source.splitlines()) < 10
-    assert _parameter_names(name) == {"profile", "dataset", "overrides"}
+    assert _parameter_names(name) == {"profile", "dataset", "overrides", "force"}
     assert "load_params(profile, dataset, overrides)" in nb.cells[i + 1].source
 
 

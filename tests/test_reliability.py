@@ -458,7 +458,7 @@ def test_shots_beyond_the_smallest_class_rejected_before_any_training(tmp_path):
     def params(shots):
         return build({"encoders": {"coca": {"noise": 0.6}}, "dataset": "synth", "run_dir": str(run), "seeds": [0],
                       "shots": shots, "val_fraction": 0.25, "device": "cpu", "progress": False,
-                      "box": {"epochs": 1}, "probe": {"epochs": 1}, "lads": {"epochs": 1}})
+                      "protocol": "fixed", "box": {"epochs": 1}, "probe": {"epochs": 1}, "lads": {"epochs": 1}})
 
     with pytest.raises(ParameterError) as err:  # 8 per class, 2 to validation: at most 6 shots
         experiment.train_boxes(params([0, 2, 7]))
@@ -555,9 +555,9 @@ def demo_twice(tmp_path_factory):
     the notebooks typed as YAML (a list stays a list), as the README's examples use them.
     """
     root = tmp_path_factory.mktemp("demo_twice")
-    overrides = _yaml_file(root / "overrides.yaml", {"lads": {"epochs": 2}, "progress": False})
+    overrides = _yaml_file(root / "overrides.yaml", {"search": {"patience": 2}, "progress": False})
     options = {name: ["--profile", "demo", "-f", overrides, "-p", "seeds", "[0, 1]", "-p", "shots", "[1, 0]",
-                      "-p", "box", "{epochs: 2}", "-p", "probe", '{"epochs": 2}', "-p", "search.max_epochs", "2",
+                      "-p", "box", "{alpha: 0.5}", "-p", "search", '{"max_epochs": 2}',
                       "-p", "search.trials", "2", "-p", "run_dir", str(root / name),
                       "-p", "cache_dir", str(root / f"cache_{name}"), "-p", "figures_root", str(root / f"f{name}")]
                for name in ("a", "b")}

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from lare import results
+from lare.provenance import code_fingerprint
 from lare.results import (
     PAPER_TABLE1,
     aggregate,
@@ -20,6 +21,7 @@ from lare.results import (
     make_rows,
     markdown_table,
     read_rows,
+    superseded_path,
     table1,
     table1_display,
     write_table1,
@@ -76,11 +78,29 @@ def test_append_rows_dedupes_and_writes_json_lines(tmp_path):
                                                           (1, "in_domain"), (1, "out_of_domain")]
 
 
-def test_append_rows_same_key_other_config_is_added(tmp_path):
+def test_append_rows_unit_computed_again_replaces_its_rows_and_keeps_the_old_aside(tmp_path):
+    """Another configuration (or code) for the same unit: its new rows replace the old ones, which
+    move to results.superseded.jsonl; other units are untouched."""
     path = tmp_path / "results.jsonl"
     append_rows(path, rows_for())
+    append_rows(path, rows_for(seed=1))
+    old = [r for r in read_rows(path) if r["seed"] == 0]
     assert append_rows(path, rows_for(params={**PARAMS, "val_fraction": 0.5})) == 2
-    assert len(read_rows(path)) == 4
+    now = read_rows(path)
+    assert len(now) == 4 and {r["params"]["val_fraction"] for r in now if r["seed"] == 0} == {0.5}
+    assert [r for r in now if r["seed"] == 1] == [r for r in read_rows(path) if r["seed"] == 1]
+    assert read_rows(superseded_path(path)) == old
+    assert superseded_path(path).name == "results.superseded.jsonl"
+
+
+def test_rows_record_code_commit_modified_flag_and_embeddings_hash():
+    r = rows_for()[0]
+    assert r["code_fingerprint"] == code_fingerprint() and len(r["code_fingerprint"]) == 16
+    assert isinstance(r["code_modified"], bool) and r["code_commit"]
+    assert r["embeddings_hash"] == hash_config(r["params"].get("embeddings"))
+    other = make_rows(method="lare", encoder="coca", dataset="d", shots=0, seed=0, metrics_by_domain={"in_domain": {"top1": 1}},
+                      params={**PARAMS, "embeddings": {"source_sha256": "ab"}})[0]
+    assert other["embeddings_hash"] != r["embeddings_hash"]
 
 
 def test_has_result(tmp_path):
@@ -91,6 +111,7 @@ def test_has_result(tmp_path):
     assert has_result(path, **kw, params=PARAMS)
     assert not has_result(path, **{**kw, "seed": 1}, params=PARAMS)
     assert not has_result(path, **kw, params={**PARAMS, "val_fraction": 0.9})
+    assert not has_result(path, **kw, params=PARAMS, code="0" * 16)  # the same unit made by other code: not done
 
 
 def test_append_rows_failure_midway_keeps_previous_file(tmp_path, monkeypatch):
@@ -150,7 +171,7 @@ def test_aggregate_keeps_cells_apart():
 def test_aggregate_refuses_mixed_config_hashes():
     rows = [_row("lare", "coca", "in_domain", 0, 70.0, 70.0, "h1"),
             _row("lare", "coca", "in_domain", 1, 71.0, 71.0, "h2")]
-    with pytest.raises(ValueError, match=r"disagree in configuration within 1 cell") as err:
+    with pytest.raises(ValueError, match=r"disagree in parameters within 1 cell") as err:
         aggregate(rows)
     assert "lare" in str(err.value) and "remove the stale rows" in str(err.value)
 
@@ -243,3 +264,48 @@ def test_table1_display_formats():
 def test_markdown_table():
     df = pd.DataFrame({"A": [1, 2], "B b": ["x", "y ± z"]})
     assert markdown_table(df) == "| A | B b |\n|---|---|\n| 1 | x |\n| 2 | y ± z |"
+
+
+# ---------------------------------------------------------------- provenance in aggregation
+def _prov_row(method, seed, top1, *, code="c1", emb="e1", protocol="tuned"):
+    return {**_row(method, "coca", "in_domain", seed, top1, top1), "code_fingerprint": code, "embeddings_hash": emb,
+            "code_commit": "abc", "code_modified": False, "params": {"protocol": protocol}}
+
+
+@pytest.mark.parametrize("field,what", [("code", "library code"), ("emb", "embeddings")])
+def test_aggregate_refuses_a_cell_mixing_code_or_embeddings_naming_the_seeds(field, what):
+    rows = [_prov_row("lare", 0, 70.0), _prov_row("lare", 1, 71.0, **{field: "other"})]
+    with pytest.raises(ValueError, match=what) as err:
+        aggregate(rows)
+    msg = str(err.value)
+    assert "seeds [0]" in msg and "seeds [1]" in msg and "other" in msg and "Run the same command again" in msg
+
+
+def test_paired_difference_uses_only_probe_rows_of_the_same_protocol_embeddings_and_code():
+    probe = [_prov_row("linear-probe", 0, 60.0), _prov_row("linear-probe", 1, 61.0, code="old"),
+             _prov_row("linear-probe", 2, 62.0, emb="old"), _prov_row("linear-probe", 3, 63.0, protocol="fixed")]
+    lare = [_prov_row("lare", s, 70.0 + s) for s in range(4)]
+    with pytest.raises(ValueError):  # the probe's own cell mixes: refused as a whole
+        aggregate(probe + lare)
+    agg = aggregate([probe[0], *lare]).set_index("method")
+    assert agg.loc["lare", "delta_probe_pairs"] == 1 and agg.loc["lare", "delta_probe_mean"] == pytest.approx(10.0)
+    paired = aggregate([_prov_row("linear-probe", s, 60.0 + s, code="old") for s in range(4)] + lare).set_index("method")
+    assert paired.loc["lare", "delta_probe_pairs"] == 0 and math.isnan(paired.loc["lare", "delta_probe_mean"])
+    same = aggregate([_prov_row("linear-probe", s, 60.0) for s in range(4)] + lare).set_index("method")
+    assert same.loc["lare", "delta_probe_pairs"] == 4
+    assert (same["code_fingerprint"] == "c1").all() and (same["embeddings_hash"] == "e1").all()
+
+
+def test_a_cell_of_one_seed_says_n_1_not_plus_minus_zero():
+    agg = aggregate([_prov_row("lare", 0, 70.0)])
+    assert agg["n_seeds"].iloc[0] == 1
+    t = table1_display(pd.DataFrame([{"method": "LARE", "In-domain mean": 70.0, "In-domain std": 0.0, "seeds": 1}]))
+    assert t["In-domain"].iloc[0] == "70.00 (n = 1)"
+    assert "± 0.00" not in t.to_string()
+
+
+def test_code_caption_names_the_commit_and_says_when_modified():
+    agg = aggregate([_prov_row("lare", 0, 70.0)])
+    assert results.code_caption(agg) == "code at commit abc (lare/ fingerprint c1)"
+    agg["code_modified"] = True
+    assert "commit abc, modified" in results.code_caption(agg)

@@ -50,7 +50,8 @@ def project(tmp_path: Path) -> Path:
         for ds in names:
             (tmp_path / "params" / profile / f"{ds}.yaml").write_text(
                 f"encoders: {{coca: {{noise: 0.6}}}}\nrun_dir: {tmp_path / 'runs' / profile}\n"
-                f"figures_root: {tmp_path / 'figures'}\ntable1_dataset: a\nfewshot_dataset: a\ntitle_note: profile\n")
+                f"figures_root: {tmp_path / 'figures'}\ntable1_dataset: a\nfewshot_dataset: a\ntitle_note: profile\n"
+                "protocol: fixed\n")  # the fixed recipe: probe.lr and probe.epochs given below are used
     (tmp_path / "notebooks").mkdir()
     for name in PER_DATASET + PER_PROFILE:
         make_notebook(tmp_path / "notebooks" / f"{name}.ipynb", name)

@@ -260,3 +260,43 @@ def test_bad_inputs_raise(data, change):
     train_x, train_y = kw.pop("train_x"), kw.pop("train_y")
     with pytest.raises(ValueError):
         train_probe_trials(train_x, train_y, C, **kw)
+
+
+@pytest.mark.parametrize(("max_epochs", "min_steps", "max_steps", "epochs"),
+                         [(25, 0, 28, 6), (5, 60, 0, 12), (25, 40, 45, 9)], ids=["cut", "stretched", "both"])
+def test_step_bounds_cut_the_batched_trials_as_the_single_probe(data, max_epochs, min_steps, max_steps, epochs):
+    """``max_steps`` and ``min_steps`` bound the batched trials' epochs as they bound the single probe's
+    (:func:`lare.train.effective_epochs`; 150 rows in batches of 32: 5 steps an epoch)."""
+    from lare.probe import ProbeConfig, train_probe
+
+    x, y, vx, vy = data
+    kw = {"max_epochs": max_epochs, "patience": 100, "min_steps": min_steps}
+    together = run(data, LR, WD, SEEDS, max_steps=max_steps, **kw)
+    assert together.epochs == [epochs] * 4 and together.steps == [5 * epochs] * 4
+    for i in range(4):
+        alone = run(data, LR[i:i + 1], WD[i:i + 1], SEEDS[i:i + 1], max_steps=max_steps, **kw)
+        cfg = ProbeConfig(lr=LR[i], weight_decay=WD[i], seed=SEEDS[i], epochs=max_epochs, patience=100, batch_size=32,
+                          min_steps=min_steps, max_steps=max_steps)
+        single = train_probe(x, y, C, cfg, val_x=vx, val_y=vy, device="cpu", progress=False)
+        assert len(single.history) == alone.epochs[0] == epochs
+        assert single.best_epoch == alone.best_epoch[0] == together.best_epoch[i]
+        for res, j in ((alone, 0), (together, i)):
+            torch.testing.assert_close(res.trial(j).weight.detach(), single.model.weight.detach(), atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(res.trial(j).bias.detach(), single.model.bias.detach(), atol=2e-5, rtol=1e-4)
+    unbounded = run(data, LR, WD, SEEDS, max_steps=0, **{**kw, "min_steps": 0})
+    assert unbounded.epochs == [max_epochs] * 4 != together.epochs
+    assert not torch.allclose(unbounded.last_weight, together.last_weight)
+
+
+def test_best_trial_takes_the_first_on_ties_and_nan_as_worst(data):
+    res = run(data, LR[:2], WD[:2], SEEDS[:2], max_epochs=2)
+    for scores, want in (([50.0, 70.0, 70.0], 1), ([70.0 + 1e-12, 70.0], 0), ([math.nan, 10.0, 20.0], 2),
+                         ([20.0, math.nan, 20.0], 0), ([math.nan, math.nan], 0), ([-math.inf, math.nan, 1.0], 2)):
+        res.best_score = scores
+        assert res.best_trial() == want, scores
+
+
+@pytest.mark.parametrize("change", [{"max_steps": -1}, {"max_steps": 2.5}, {"min_steps": 10, "max_steps": 5}])
+def test_bad_step_bounds_raise(data, change):
+    with pytest.raises(ValueError, match="steps"):
+        run(data, LR[:2], WD[:2], SEEDS[:2], **change)
