@@ -217,7 +217,7 @@ def run_methods(p: RunParams, methods: list[str], *, force: bool = False) -> pd.
             with unit_guard(unit_label(p, m.name, enc, k, seed), s):
                 found = search_unit(m, s, p, sections, seed)
             new = make_rows(**key, params=params, code=code, **found)
-            append_rows(results, new)
+            append_rows(results, new, replace=force)
             rows += new
     return pd.DataFrame(rows)[ROW_COLUMNS] if rows else pd.DataFrame(columns=ROW_COLUMNS)
 

@@ -90,17 +90,18 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def append_rows(path: str | Path, rows: Iterable[dict]) -> int:
-    """Record rows: a row already present (same key, parameters and code) is not written again; the
-    rows of a unit computed again replace the unit's old rows, which move to :func:`superseded_path`.
-    Returns how many rows were added."""
+def append_rows(path: str | Path, rows: Iterable[dict], *, replace: bool = False) -> int:
+    """Record rows: a row already present (same key, parameters and code) is not written again
+    (``replace``: it is, as a recomputation does under ``--force``); the rows of a unit computed
+    again replace the unit's old rows, which move to :func:`superseded_path`. Returns how many rows
+    were added."""
     path = Path(path)
     with _locked(path):
         for torn in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
             torn.unlink(missing_ok=True)
         existing = read_rows(path)
         seen = {_ident(r) for r in existing}
-        new = [r for r in rows if _ident(r) not in seen]
+        new = [r for r in rows if replace or _ident(r) not in seen]
         if new:
             units = {_unit(r) for r in new}
             old = [r for r in existing if _unit(r) in units]

@@ -93,6 +93,17 @@ def test_append_rows_unit_computed_again_replaces_its_rows_and_keeps_the_old_asi
     assert superseded_path(path).name == "results.superseded.jsonl"
 
 
+def test_append_rows_replace_records_a_recomputation_of_the_same_rows(tmp_path):
+    """--force recomputes units already recorded: the new rows replace the old even when nothing differs."""
+    path = tmp_path / "results.jsonl"
+    append_rows(path, rows_for())
+    assert append_rows(path, rows_for()) == 0 and not superseded_path(path).exists()
+    again = [{**r, "time": "later"} for r in rows_for()]
+    assert append_rows(path, again, replace=True) == 2
+    assert [r["time"] for r in read_rows(path)] == ["later", "later"]
+    assert len(read_rows(superseded_path(path))) == 2
+
+
 def test_rows_record_code_commit_modified_flag_and_embeddings_hash():
     r = rows_for()[0]
     assert r["code_fingerprint"] == code_fingerprint() and len(r["code_fingerprint"]) == 16

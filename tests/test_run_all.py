@@ -129,6 +129,25 @@ def test_runs_forwards_skips_and_invalidates(project: Path, capsys) -> None:
     assert out.count("skipped (up to date)") == 6  # 01-03 of both datasets
 
 
+def test_dry_run_prints_the_plan_and_runs_and_writes_nothing(project: Path, capsys, monkeypatch) -> None:
+    opts = ["--profile", "smoke", "-p", "seeds", "[1, 2]"]
+    code, out, err = run_all(project, *opts, "--dry-run", capsys=capsys)
+    assert code == 0, out + err
+    assert out.count(" would run\n") == 11 and "dry run: 11 step(s) would run, 0 up to date" in out
+    assert not (project / "runs").exists() and not log_lines(project)
+    assert run_all(project, *opts, capsys=capsys)[0] == 0
+    code, out, err = run_all(project, *opts, "--dry-run", capsys=capsys)
+    assert out.count("skipped (up to date)") == 11 and "0 step(s) would run, 11 up to date" in out
+    code, out, err = run_all(project, *opts, "--dry-run", "--force", capsys=capsys)
+    assert out.count("would run (--force)") == 11
+    # an edit to the library (another code fingerprint) makes every step out of date
+    monkeypatch.setattr(R, "code_state", lambda: {"code_fingerprint": "0" * 16, "code_commit": "x", "code_modified": True})
+    code, out, err = run_all(project, *opts, "--dry-run", capsys=capsys)
+    assert out.count(" would run\n") == 11
+    code, out, err = run_all(project, *opts, "-p", "probe.lr", "0.5", "-p", "protocol", "tuned", "--dry-run", capsys=capsys)
+    assert code == 1 and "probe.lr is set, but protocol 'tuned' replaces it by search.probe_lr" in err
+
+
 def test_failure_stops_with_the_error(project: Path, capsys) -> None:
     code, out, err = run_all(project, "--profile", "tiny", "-p", "title_note", "boom", capsys=capsys)
     assert code == 1
