@@ -1,6 +1,6 @@
 """LARE: Latent Augmentation using Regional Embedding.
 
-The package holds every piece of logic the notebooks call (the README's "What is in lare/" has
+The package holds every piece of logic the notebooks call (docs/library.md, "What is in `lare/`", has
 the full table). The method: :mod:`lare.losses` (Eq. (1)-(5)), :mod:`lare.box` (f_Box, step 1,
 and the box sampling of step 2), :mod:`lare.probe` (the linear probe), :mod:`lare.methods` (the
 method registry: zero-shot, linear probe, LADS, LARE, the L-BFGS reference). The comparison:

@@ -6,9 +6,9 @@ A run's parameters for one dataset come from, in order (each deep-merged over th
    :class:`SamplingConfig`, :class:`ProbeConfig`, :class:`LADSConfig`);
 2. the profile's file ``params/<profile>/<dataset>.yaml`` (only what differs from the defaults);
 3. the ``overrides``: ``-f`` files, then ``-p NAME VALUE`` values (YAML-typed, dotted names reach
-   inside mappings: ``-p probe.lr 0.01``), then ``-r NAME VALUE`` strings.
+   inside mappings: ``-p box.alpha 0.3``), then ``-r NAME VALUE`` strings.
 
-Deep merge: ``-p probe '{lr: 0.01}'`` changes only ``probe.lr``. In the free mappings
+Deep merge: ``-p box '{alpha: 0.3}'`` changes only ``box.alpha``. In the free mappings
 (``encoders``, ``byo``, ``synthetic``, ``domain_templates``) a ``null`` value removes an entry.
 :func:`build` reports unknown names (with suggestions), wrong types and bad values all at once.
 """

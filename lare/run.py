@@ -290,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("-p", metavar=("NAME", "VALUE"), nargs=2, dest="options", action="append",
                     help="extra parameter, merged last (it wins over the files); VALUE is read as YAML (7 an int, 0.5 a "
                     "float, true a bool, \"[0, 1]\" a list, '{alpha: 0.3}' a mapping merged into the current one); "
-                    "dotted names reach inside mappings (-p probe.lr 0.01); may be repeated")
+                    "dotted names reach inside mappings (-p box.alpha 0.3); may be repeated")
     ap.add_argument("-r", metavar=("NAME", "VALUE"), nargs=2, dest="raw", action="append",
                     help="like -p, but VALUE is always a string")
     ap.add_argument("--force", action="store_true", help="run every step and recompute every unit downstream of the "

@@ -51,7 +51,7 @@ class SearchConfig:
     among trials only. Keeping each trial's best validation epoch instead (``probe_stop: val``, the
     fixed recipe's rule) chose the luckiest epoch on small validation splits: 2 to 5 points below
     the L-BFGS reference on synthetic sets with 8 to 20 items per class; with this recipe 0 to 1.4
-    (2.2 once), 0.2 at most on the demo's world (README, "Why the probe keeps its last epoch")."""
+    (2.2 once), 0.2 at most on the demo's world (docs/comparison.md, "Why the probe keeps its last epoch")."""
 
     trials: int = 8
     seed: int = 0

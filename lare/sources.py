@@ -197,7 +197,8 @@ CUB_PAINTINGS = DatasetSource(
     name="cub_paintings", title="CUB-200-Paintings", folder="CUB-200-Painting",
     alt_folders=("CUB_200_Paintings", "cub200_drawing"), required=("001.Black_footed_Albatross",),
     manual=("It was released by the authors of PAN (Wang et al., CVPR 2020, github.com/thuml/PAN) through a "
-            "Google Drive link, which cannot be fetched without a browser session: download it by hand and "
+            "Google Drive link, https://drive.google.com/file/d/1G327KsD93eyGTjMmByuVy9sk4tlEOyK3/view?usp=sharing (given in "
+            "the README of github.com/thuml/PAN), which cannot be fetched without a browser session: download it by hand and "
             "extract it so that {root}/CUB-200-Painting/NNN.Class_Name/*.jpg exist (200 class folders, 3,047 images). "
             "Folders named CUB_200_Paintings or cub200_drawing are accepted too."))
 

@@ -16,6 +16,8 @@ from test_paper_profile import run_all as run_paper
 from lare.longtail import lt_counts
 from lare.runfolder import load_encoder_data
 
+pytestmark = pytest.mark.slow  # end-to-end: ./run_tests.sh --all
+
 SEEDS = OVERRIDES["seeds"]
 PER_CLASS = 18  # CIFAR-100 training images per class in the fake tree (the few-shot figure needs 16 after validation)
 

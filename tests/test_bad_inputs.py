@@ -1,7 +1,7 @@
 """Bad input refused before any work (issue 12): bring-your-own files, image datasets, Table 1
 without an out-of-domain split, and non-finite values met during training.
 
-The README's "When things go wrong" points at these tests. The preflight is run the way users run
+docs/troubleshooting.md points at these tests. The preflight is run the way users run
 it: ``preflight.main`` in process (the code ``python -m lare.run`` runs first), and the command
 line ``python -m lare.preflight`` / ``python -m lare.run`` in a subprocess over many broken files.
 """
@@ -198,6 +198,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path, capsys):
     assert len([line for line in block.splitlines() if line.startswith("    - ")]) == 3, block
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @pytest.mark.parametrize("entry", ["lare.preflight", "lare.run"])
 def test_command_line_over_broken_files_exits_non_zero_naming_every_file_without_traceback(entry, tmp_path):
     """Every broken file of this module at once, through ``python -m lare.preflight`` and through

@@ -7,6 +7,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end: ./run_tests.sh --all
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

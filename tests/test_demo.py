@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from lare import demo
 
@@ -20,6 +21,7 @@ def test_demo_runs_every_method_and_domain_reproducibly(tmp_path):
     pd.testing.assert_frame_equal(df, again)
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_demo_main_prints_the_table(tmp_path, capsys):
     df = demo.main(["--seeds", "1", "--epochs", "1", "--run-dir", str(tmp_path)])
     out = capsys.readouterr().out

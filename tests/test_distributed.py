@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lare.runfolder import load_encoder_data
+
+pytestmark = pytest.mark.slow  # end-to-end: ./run_tests.sh --all
 
 ROOT = Path(__file__).resolve().parents[1]
 

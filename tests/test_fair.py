@@ -58,6 +58,7 @@ def probe_gaps(p):
                   for enc in p.encoders for dom in ("in_domain", "out_of_domain")}
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
 def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world, solver):
     """The default protocol's probe (search, converged trials, chosen on validation) against
@@ -80,6 +81,7 @@ def test_tuned_linear_probe_is_within_one_point_of_the_lbfgs_reference(world, so
     assert fixed.groupby("domain")["top1"].mean()["out_of_domain"] < mean["linear-probe"].xs("out_of_domain", level=1).mean()
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_tuned_linear_probe_is_near_the_lbfgs_reference_on_small_data(tmp_path):
     """Few items per class and a small validation split (100 classes, 8 items each: 2 per class for
     validation), where keeping each AdamW trial's best validation epoch fell 2 to 3.5 points below
@@ -90,6 +92,7 @@ def test_tuned_linear_probe_is_near_the_lbfgs_reference_on_small_data(tmp_path):
         assert abs(gap) <= 1.0, (key, gap)
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
 @pytest.mark.parametrize("method", ["linear-probe", "lare", "lads"])
 def test_selection_never_reads_the_out_of_domain_set(world, method, solver):
@@ -117,6 +120,7 @@ def test_select_reads_only_the_validation_scores():
     assert select(trials, "top1", domain="out_of_domain") == 0
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @pytest.mark.parametrize("solver", ["adamw", "lbfgs"])
 @pytest.mark.parametrize("method", ["linear-probe", "lads", "lare"])
 def test_batched_trials_equal_the_same_trials_one_by_one(world, method, solver):

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2 * 4 + 3
 SMALL = ["-p", "seeds", "[0, 1]", "-p", "shots", "[1, 0]", "-p", "search.trials", "2", "-p", "search.max_epochs", "2",
          "-p", "progress", "false"]
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+pytestmark = [pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash"),
+              pytest.mark.slow]  # end-to-end runs: ./run_tests.sh --all
 
 
 def run_all(root: Path, *args: str, pythonpath: Path | None = None) -> str:

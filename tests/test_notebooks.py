@@ -77,10 +77,10 @@ def test_params_files_load_and_hold_only_differences(params):
 def test_methods_in_the_open():
     """Notebooks 02 and 03 show one unit with the library's building blocks before the grid."""
     src02 = "\n".join(c.source for c in _nb("02_train_boxes").cells)
-    for needle in ("BoxNet(", "lare_loss_terms(", "sample_boxes(", "$$L_{LARE}", "train_boxes(P)"):
+    for needle in ("BoxNet(", "lare_loss_terms(", "sample_boxes(", "$$L_{LARE}", "train_boxes(P, force=force)"):
         assert needle in src02, needle
     src03 = "\n".join(c.source for c in _nb("03_probe_lare").cells)
-    for needle in ("BoxSampler(", "train_probe(", 'run_methods(P, ["lare"])'):
+    for needle in ("BoxSampler(", "train_probe(", 'run_methods(P, ["lare"], force=force)'):
         assert needle in src03, needle
 
 
@@ -99,6 +99,7 @@ def smoke(tmp_path_factory):
     return {"tmp": tmp_path, "run": run, "fig": fig, "cmd": cmd, "env": env, "first": first}
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_smoke_profile_runs_every_notebook(smoke):
     """The smoke run succeeded and wrote what it should; run again, every step is skipped."""
     first, run, fig, tmp_path = smoke["first"], smoke["run"], smoke["fig"], smoke["tmp"]
@@ -132,6 +133,7 @@ def test_smoke_profile_runs_every_notebook(smoke):
     assert second.stdout.count("skipped") >= 11, second.stdout
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_executed_notebooks_show_no_warnings_and_render_tables_and_widgets(smoke):
     """What a JupyterLab user sees: no warning in any output (TqdmWarning: IProgress not found was in
     every notebook before ipywidgets became a dependency), progress bars as widgets, Table 1 as

@@ -153,6 +153,7 @@ def _split_ids(run: Path, dataset: str, encoder: str, split: str) -> list[str]:
     return json.loads((Path(idx["splits"][split]) / "ids.json").read_text())
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_paper_profile_runs_every_notebook_and_writes_table1_and_figure3(paper_run):
     _ok(paper_run)
     run, fig = paper_run["run"], paper_run["fig"]
@@ -185,6 +186,7 @@ def test_paper_profile_runs_every_notebook_and_writes_table1_and_figure3(paper_r
     assert {r["domain"] for r in rows if r["dataset"] == "cub"} == {"in_domain", "out_of_domain"}
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_paper_profile_table1_split_is_saved_and_disjoint(paper_run):
     """Train on the CUB training photos minus a validation part; test on the CUB test photos
     (in-domain) and all paintings (out-of-domain)."""
@@ -209,6 +211,7 @@ def test_paper_profile_table1_split_is_saved_and_disjoint(paper_run):
     assert vals[0] != vals[1], "each seed draws its own validation part"
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_paper_profile_kshot_subsets_are_saved_seeded_and_exact(paper_run):
     _ok(paper_run)
     run, cifar = paper_run["run"], paper_run["cifar"]
@@ -238,6 +241,7 @@ def test_paper_profile_kshot_subsets_are_saved_seeded_and_exact(paper_run):
     assert one[0] != one[1], "each seed draws its own k-shot subset"
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_paper_profile_summary_names_the_real_output_folders(paper_run):
     _ok(paper_run)
     out = paper_run["proc"].stdout

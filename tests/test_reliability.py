@@ -1,6 +1,6 @@
 """Reliability (issue 6): what the artifact does when things go wrong, one test per case.
 
-The catalogue in the README ("When things go wrong") points at these tests and at the tests of the
+The catalogue in docs/troubleshooting.md points at these tests and at the tests of the
 other files that already cover a case. Everything here runs offline on a CPU: tiny random-weight
 open_clip encoders, fake image files, the synthetic demo data.
 """
@@ -572,6 +572,7 @@ def demo_twice(tmp_path_factory):
             "options": options}
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @needs_bash
 @pytest.mark.parametrize("name", DEMO_OUTPUTS)
 def test_demo_profile_twice_with_the_same_seeds_is_byte_identical(demo_twice, name):
@@ -580,6 +581,7 @@ def test_demo_profile_twice_with_the_same_seeds_is_byte_identical(demo_twice, na
     assert a.read_bytes() == b.read_bytes(), f"{name} differs between two runs with the same seeds"
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @needs_bash
 def test_demo_determinism_compares_real_results(demo_twice):
     agg = pd.read_csv(demo_twice["figures"]["a"] / "results.csv")
@@ -589,6 +591,7 @@ def test_demo_determinism_compares_real_results(demo_twice):
 
 
 # ================================================================ 6. notebooks
+@pytest.mark.slow  # ./run_tests.sh --all
 @needs_bash
 def test_executed_demo_notebooks_show_no_warnings(demo_twice):
     """What a JupyterLab user sees of the demo: no warning in any output of any executed notebook
@@ -599,6 +602,7 @@ def test_executed_demo_notebooks_show_no_warnings(demo_twice):
     assert not warnings, "\n".join(warnings)
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 @needs_bash
 def test_failing_real_notebook_names_the_notebook_the_cell_and_the_error_and_keeps_the_copy(demo_twice):
     """Run b of the demo again after a stale row (another configuration) landed in its results:

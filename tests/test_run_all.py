@@ -74,6 +74,7 @@ def expected(datasets, seeds, lr, epochs, note) -> list[str]:
     return rows + [f"{nb},a,{seeds},{lr},{epochs},{note}" for nb in PER_PROFILE]
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_runs_forwards_skips_and_invalidates(project: Path, capsys) -> None:
     (project / "extra.yaml").write_text("title_note: from file\nseeds: [3]\nprobe: {epochs: 7}\n")
     opts = ["--profile", "smoke", "-f", str(project / "extra.yaml"), "-p", "seeds", "[1, 2]", "-p", "probe.lr", "0.01"]
@@ -129,6 +130,7 @@ def test_runs_forwards_skips_and_invalidates(project: Path, capsys) -> None:
     assert out.count("skipped (up to date)") == 6  # 01-03 of both datasets
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_dry_run_prints_the_plan_and_runs_and_writes_nothing(project: Path, capsys, monkeypatch) -> None:
     opts = ["--profile", "smoke", "-p", "seeds", "[1, 2]"]
     code, out, err = run_all(project, *opts, "--dry-run", capsys=capsys)
@@ -148,6 +150,7 @@ def test_dry_run_prints_the_plan_and_runs_and_writes_nothing(project: Path, caps
     assert code == 1 and "probe.lr is set, but protocol 'tuned' replaces it by search.probe_lr" in err
 
 
+@pytest.mark.slow  # ./run_tests.sh --all
 def test_failure_stops_with_the_error(project: Path, capsys) -> None:
     code, out, err = run_all(project, "--profile", "tiny", "-p", "title_note", "boom", capsys=capsys)
     assert code == 1
