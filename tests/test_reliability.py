@@ -621,13 +621,13 @@ def test_failing_real_notebook_names_the_notebook_the_cell_and_the_error_and_kee
     assert "preflight: profile demo ready" in proc.stdout and proc.stdout.count("skipped (up to date)") == 8
     assert "05_table1 " in proc.stdout and "FAILED" in proc.stdout and "06_figure3" not in proc.stdout
     for needle in ("notebook 05_table1 failed", f"executed copy (kept): {kept}",
-                   "ValueError: results disagree in configuration within 1 cell(s)", "remove the stale rows",
+                   "ValueError: results disagree in parameters within 1 cell(s)", "remove the stale rows",
                    "in cell", "make_table1(P)", "traceback (last lines):"):
         assert needle in proc.stderr, f"{needle!r} not in:\n{proc.stderr[-3000:]}"
     assert kept.is_file()
     errors = [o for c in json.loads(kept.read_text())["cells"] for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
-    assert errors and "disagree in configuration" in errors[0]["evalue"]
+    assert errors and "disagree in parameters" in errors[0]["evalue"]
     stamps = run / "stamps"
     assert (stamps / "04_baselines__synthetic_fewshot.json").is_file(), "finished steps keep their stamps"
     assert not (stamps / "05_table1.json").exists()
