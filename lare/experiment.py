@@ -144,7 +144,7 @@ def train_boxes(p: RunParams, *, force: bool = False) -> list[Path]:
     f_Box of the same key (:func:`box_key`) is reused unless ``force``."""
     encoders = p.encoders_for(get("lare").encoders_param)
     _check_shots(p, encoders)
-    done = []
+    done, code = [], code_state()
     for enc, k, seed in tqdm(units(p, encoders), desc="f_Box runs", disable=not p.progress):
         s = unit_splits(p, enc, k, seed)
         path = box_path(p.run_path, p.dataset, enc, k, seed)
@@ -158,7 +158,7 @@ def train_boxes(p: RunParams, *, force: bool = False) -> list[Path]:
             res = train_box(s.train_x, s.train_y, s.class_text, unit_box_config(p, seed), val_x=s.val_x,
                             val_y=s.val_y, device=p.torch_device, progress=False)
         save_box(res, path, extra={"config_hash": want, "encoder": enc, "shots": k, "seed": seed,
-                                   "val_fraction": p.val_fraction, **code_state()})
+                                   "val_fraction": p.val_fraction, **code})
         done.append(path)
     return done
 

@@ -10,7 +10,9 @@ never reuses old ones under the same key:
   elsewhere; :func:`ingest_fingerprint` likewise for the synthetic and bring-your-own converters.
 
 A fingerprint hashes file contents (not modification times), so a fresh clone of the same commit
-has the same fingerprints as the tree it came from.
+has the same fingerprints as the tree it came from. Each is computed once per process: it describes
+the code this process imported (a kernel that keeps running after an edit still runs the old code),
+and the keys of every unit then do not read the package's files again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import subprocess
+from functools import cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -37,16 +40,19 @@ def code_files(root: Path = PACKAGE) -> list[Path]:
     return [f for f in root.rglob("*") if f.is_file() and f.suffix in (".py", ".json") and "__pycache__" not in f.parts]
 
 
+@cache
 def code_fingerprint(root: Path = PACKAGE) -> str:
     """A hash of every source file of the package (16 hex digits)."""
     return _digest(code_files(root), root)
 
 
+@cache
 def extraction_fingerprint(root: Path = PACKAGE) -> str:
     """A hash of the modules that make image embeddings (:data:`EXTRACTION_MODULES`)."""
     return _digest([root / m for m in EXTRACTION_MODULES], root)
 
 
+@cache
 def ingest_fingerprint(root: Path = PACKAGE) -> str:
     """A hash of the modules that convert synthetic and bring-your-own data (:data:`INGEST_MODULES`)."""
     return _digest([root / m for m in INGEST_MODULES], root)
