@@ -7,12 +7,12 @@ Figure 3 (CIFAR-100): train 50,000 / test 10,000, 100 classes, encoder coca; zer
 and LARE at 1, 2, 4, 8, 16 shots per class and the full set, validation fraction 0.1.
 Every method runs once per seed (5 seeds: 0-4), as notebooks 02-04 do; embedding dimension 768.
 
-The caches are written in the cache format (``lare.cache.save_embeddings`` + the embedding index)
-from ``lare.synthetic.make_synthetic`` (unit vectors with class structure and a domain shift), then
-read back with ``lare.runfolder.load_encoder_data`` and split per (shots, seed) with
-``lare.runfolder.encoder_splits``; the methods are the functions of ``lare.methods`` with the
+The caches are written in the cache format (``lare.data.cache.save_embeddings`` + the embedding index)
+from ``lare.data.synthetic.make_synthetic`` (unit vectors with class structure and a domain shift), then
+read back with ``lare.pipeline.runfolder.load_encoder_data`` and split per (shots, seed) with
+``lare.pipeline.runfolder.encoder_splits``; the methods are the functions of ``lare.compare.methods`` with the
 profile's settings: the notebooks' parameters cell updated by ``params/<profile>/<dataset>.yaml``
-(``lare.params.load_params``, as the notebooks load them), read at run time.
+(``lare.pipeline.params.load_params``, as the notebooks load them), read at run time.
 Printed: total wall time, a breakdown per dataset and method (f_Box training and the LARE probe
 separately), and mean accuracies as a sanity check (synthetic data: they mean nothing about
 real images). Target: the whole profile within 15 minutes on 2 CPU cores.
@@ -39,12 +39,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anythi
 import torch  # noqa: E402
 from _common import header, sync, work_folder  # noqa: E402
 
-from lare.box import train_box  # noqa: E402
-from lare.cache import save_embeddings  # noqa: E402
-from lare.methods import REGISTRY, run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
-from lare.params import RunParams, load_params  # noqa: E402
-from lare.runfolder import encoder_splits, load_encoder_data, write_index  # noqa: E402
-from lare.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+from lare.compare.methods import REGISTRY, run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
+from lare.core.box import train_box  # noqa: E402
+from lare.data.cache import save_embeddings  # noqa: E402
+from lare.data.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+from lare.pipeline.params import RunParams, load_params  # noqa: E402
+from lare.pipeline.runfolder import encoder_splits, load_encoder_data, write_index  # noqa: E402
 
 # Sizes of the real caches; the synthetic noise stands for encoder quality (as in the demo profile).
 SIZES = {

@@ -4,7 +4,7 @@ Measured in one run, on the same loaded model, batch size and precision:
 
 (a) forward: ``Encoder.encode_image_batch`` on pre-made, already preprocessed tensors (the same
     batches the pipeline forms: ``ceil(N / batch)`` batches, the last one partial);
-(b) pipeline: ``lare.cache.extract_embeddings`` on N JPEG files on disk (decoded and resized in
+(b) pipeline: ``lare.data.cache.extract_embeddings`` on N JPEG files on disk (decoded and resized in
     DataLoader workers, chunks written to a fresh cache folder each time, final entry assembled
     and checksummed), for each worker count asked for;
     ratio = pipeline images/s / forward images/s (target >= 0.9).
@@ -42,9 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anythi
 import torch  # noqa: E402
 from _common import header, make_jpegs, timed, work_folder  # noqa: E402
 
-from lare.datasets import Item, open_image  # noqa: E402
-from lare.encoders import load_encoder  # noqa: E402
-from lare.extraction import extract_embeddings  # noqa: E402
+from lare.core.encoders import load_encoder  # noqa: E402
+from lare.data.datasets import Item, open_image  # noqa: E402
+from lare.data.extraction import extract_embeddings  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -22,7 +22,7 @@ import time
 import torch
 from _common import REPO, best_and_median, header, timed, work_folder
 
-from lare.trials import train_probe_trials
+from lare.core.trials import train_probe_trials
 
 
 def probe_trials(n: int, n_val: int, dim: int, classes: int, trials: int, epochs: int, batch: int,

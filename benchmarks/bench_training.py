@@ -3,7 +3,7 @@
 For each precision (``--precisions``, default fp32 and bf16) and batch size (256, 1024, 4096 and
 the full training set) it measures, in one run:
 
-- epoch time of the library (``lare.box.train_box`` / ``lare.probe.train_probe``, tensors on the
+- epoch time of the library (``lare.core.box.train_box`` / ``lare.core.probe.train_probe``, tensors on the
   device, index-slice batches, f_Box's fused loss node, fused AdamW, no validation split so that
   only training is timed);
 - achieved FLOP/s = the matrix-multiply FLOPs the library performs per epoch (counted
@@ -12,7 +12,7 @@ the full training set) it measures, in one run:
   (target >= 0.5);
 - the speed-up per epoch over a straightforward reference loop: ``DataLoader(TensorDataset(x, y),
   batch_size=256, shuffle=True)``, the same model, AdamW, float32 and the literal loss
-  (``lare.losses.lare_loss_terms`` on ``BoxNet``'s corners), ``loss.item()`` per batch (as LADS
+  (``lare.core.losses.lare_loss_terms`` on ``BoxNet``'s corners), ``loss.item()`` per batch (as LADS
   does it) (target >= 3x), printed beside its ceiling: the reference's epoch time divided by the
   plain-matmul time of the library's epoch (what a loop with zero overhead would reach);
 - convergence: final training loss and validation figures after the same number of epochs
@@ -22,7 +22,7 @@ the full training set) it measures, in one run:
 Timing: rounds interleave every configuration (reference, library at each precision and batch
 size, plain matmul of each one's shapes), so load from other processes hits them alike; each
 timed run lasts at least ``--min-run`` seconds; the best round is reported with the median beside it.
-The data are synthetic unit vectors with class structure (``lare.synthetic``, noise 1.0 so the
+The data are synthetic unit vectors with class structure (``lare.data.synthetic``, noise 1.0 so the
 probe does not reach 100%).
 
 Matmul FLOPs per step with batch b (2*m*k*n per (m, k) x (k, n) product), x has no gradient:
@@ -55,11 +55,11 @@ import torch.nn.functional as F  # noqa: E402
 from _common import best_and_median, header, sync, timed  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from lare.box import BoxConfig, BoxNet, train_box  # noqa: E402
-from lare.losses import lare_loss_terms  # noqa: E402
-from lare.probe import ProbeConfig, metrics, train_probe  # noqa: E402
-from lare.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
-from lare.train import seeded_init  # noqa: E402
+from lare.core.box import BoxConfig, BoxNet, train_box  # noqa: E402
+from lare.core.losses import lare_loss_terms  # noqa: E402
+from lare.core.probe import ProbeConfig, metrics, train_probe  # noqa: E402
+from lare.core.train import seeded_init  # noqa: E402
+from lare.data.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
 
 BOX = BoxConfig()  # the paper profile's f_Box settings (alpha 0.5, dot_normalized, minmax, scale 100, lr 1e-3)
 PROBE = ProbeConfig(epochs=50, batch_size=256, lr=1e-3, weight_decay=0.05)  # the notebooks' probe settings
@@ -97,7 +97,7 @@ def step_shapes(kind: str, b: int, d: int, c: int, h: int, logits: int = 2) -> l
 
 
 def epoch_steps(n: int, batch_size: int) -> list[int]:
-    """Batch sizes of one epoch as lare.train.batches splits it (the last one partial)."""
+    """Batch sizes of one epoch as lare.core.train.batches splits it (the last one partial)."""
     step = n if not batch_size or batch_size >= n else batch_size
     return [min(step, n - s) for s in range(0, n, step)]
 
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     tr = torch.randperm(len(data["train_y"]), generator=g)[: args.n]
     va = torch.randperm(len(data["test_y"]), generator=g)[: args.val]
     tensors = (data["train_x"][tr], data["train_y"][tr], data["test_x"][va], data["test_y"][va], data["class_text"])
-    print(f"data: synthetic unit vectors with class structure (lare.synthetic), train {args.n}, val {args.val}, "
+    print(f"data: synthetic unit vectors with class structure (lare.data.synthetic), train {args.n}, val {args.val}, "
           f"d {args.dim}, {args.classes} classes, noise {args.noise}; timing: best of {args.repeats} interleaved rounds, "
           f"each run >= {args.timing_epochs} epochs and >= {args.min_run} s (run time / epochs, set-up included)")
     summary: list[str] = []

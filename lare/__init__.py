@@ -1,12 +1,14 @@
 """LARE: Latent Augmentation using Regional Embedding.
 
-The package holds every piece of logic the notebooks call (docs/library.md, "What is in `lare/`", has
-the full table). The method: :mod:`lare.losses` (Eq. (1)-(5)), :mod:`lare.box` (f_Box, step 1,
-and the box sampling of step 2), :mod:`lare.probe` (the linear probe), :mod:`lare.methods` (the
-method registry: zero-shot, linear probe, LADS, LARE, the L-BFGS reference). The comparison:
-:mod:`lare.params` (one parameter schema), :mod:`lare.hparams` and :mod:`lare.search` (the
-equal-budget search), :mod:`lare.experiment` (units x methods). The data: :mod:`lare.encoders`,
-:mod:`lare.cache`, :mod:`lare.extraction`, :mod:`lare.sources`, :mod:`lare.synthetic`.
+The package is four rooms over a small base (docs/library.md draws the layers):
+
+- :mod:`lare.core`: the method (encoders, Eq. (1)-(5), f_Box and sampling, probe, LADS, training);
+- :mod:`lare.data`: datasets, the synthetic world, bring-your-own embeddings, cache, splits;
+- :mod:`lare.compare`: the method registry, the equal-budget search, results and tables;
+- :mod:`lare.pipeline`: parameters, preflight, the notebooks' steps, figures, the orchestrator;
+
+and the base, :mod:`lare.utils` (seeds, atomic writes, hashing) and :mod:`lare.provenance` (code
+fingerprints, git commit, versions). Imports only go down: pipeline, compare, data, core, base.
 """
 
 __version__ = "0.1.0"

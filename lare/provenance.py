@@ -21,11 +21,12 @@ import hashlib
 import platform
 import subprocess
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-EXTRACTION_MODULES = ("encoders.py", "extraction.py", "datasets.py", "cache.py")
-INGEST_MODULES = ("ingest.py", "byo.py", "synthetic.py", "cache.py")
+EXTRACTION_MODULES = ("core/encoders.py", "data/extraction.py", "data/datasets.py", "data/cache.py")
+INGEST_MODULES = ("pipeline/ingest.py", "data/byo.py", "data/synthetic.py", "data/cache.py")
 
 
 def _digest(files: list[Path], root: Path = PACKAGE) -> str:
@@ -91,8 +92,6 @@ def code_state(root: Path = PACKAGE) -> dict:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that change the numbers."""
-    from importlib import metadata
-
     out = {"python": platform.python_version()}
     for name in ("torch", "open_clip_torch", "numpy", "lare"):
         try:

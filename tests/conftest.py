@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lare.datasets import Item  # noqa: E402
+from lare.data.datasets import Item  # noqa: E402
 
 TINY_CONFIG_DIR = Path(__file__).resolve().parents[1] / "lare" / "model_configs"
 TINY_MODELS = sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json"))
@@ -58,14 +58,14 @@ def fake_images(tmp_path) -> list[Item]:
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from lare.encoders import load_encoder
+    from lare.core.encoders import load_encoder
 
     return load_encoder("lare-tiny-clip", "none", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_coca():
-    from lare.encoders import load_encoder
+    from lare.core.encoders import load_encoder
 
     return load_encoder("lare-tiny-coca", "none", device="cpu")
 
@@ -73,7 +73,7 @@ def tiny_coca():
 @pytest.fixture(scope="session", params=TINY_MODELS)
 def tiny_encoder(request):
     """Every tiny model config shipped in lare/model_configs, loaded with random weights on the CPU."""
-    from lare.encoders import load_encoder
+    from lare.core.encoders import load_encoder
 
     return load_encoder(request.param, "none", device="cpu")
 

@@ -13,8 +13,8 @@ from fake_datasets import make_fake_cifar100, make_fake_domainnet
 from test_paper_profile import OVERRIDES, redirect
 from test_paper_profile import run_all as run_paper
 
-from lare.longtail import lt_counts
-from lare.runfolder import load_encoder_data
+from lare.data.longtail import lt_counts
+from lare.pipeline.runfolder import load_encoder_data
 
 pytestmark = pytest.mark.slow  # end-to-end: ./run_tests.sh --all
 

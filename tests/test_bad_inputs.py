@@ -2,8 +2,8 @@
 without an out-of-domain split, and non-finite values met during training.
 
 docs/troubleshooting.md points at these tests. The preflight is run the way users run
-it: ``preflight.main`` in process (the code ``python -m lare.run`` runs first), and the command
-line ``python -m lare.preflight`` / ``python -m lare.run`` in a subprocess over many broken files.
+it: ``preflight.main`` in process (the code ``python -m lare`` runs first), and the command
+line ``python -m lare.pipeline.preflight`` / ``python -m lare`` in a subprocess over many broken files.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import torch
 import yaml
 from fake_datasets import make_fake_cifar100, make_fake_cub, make_fake_paintings
 
-from lare import experiment, ingest, preflight, runfolder
-from lare.box import BoxConfig, train_box
-from lare.byo import NORM_TOL
-from lare.methods import get
-from lare.params import build, load_params
-from lare.results import NOT_MEASURED, aggregate, make_rows, table1, write_table1
-from lare.synthetic import make_synthetic
-from lare.train import TrainingDiverged
+from lare.compare.methods import get
+from lare.compare.results import NOT_MEASURED, aggregate, make_rows, table1, write_table1
+from lare.core.box import BoxConfig, train_box
+from lare.core.train import TrainingDiverged
+from lare.data.byo import NORM_TOL
+from lare.data.synthetic import make_synthetic
+from lare.pipeline import experiment, ingest, preflight, runfolder
+from lare.pipeline.params import build, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,9 +199,9 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path, capsys):
 
 
 @pytest.mark.slow  # ./run_tests.sh --all
-@pytest.mark.parametrize("entry", ["lare.preflight", "lare.run"])
+@pytest.mark.parametrize("entry", ["lare.pipeline.preflight", "lare.pipeline.orchestrator"])
 def test_command_line_over_broken_files_exits_non_zero_naming_every_file_without_traceback(entry, tmp_path):
-    """Every broken file of this module at once, through ``python -m lare.preflight`` and through
+    """Every broken file of this module at once, through ``python -m lare.pipeline.preflight`` and through
     the run entry point (its in-process preflight): exit 1, every file named, no traceback."""
     files = {f"e{n:02d}": write(tmp_path / f"{case}.npz")
              for n, (case, (write, _)) in enumerate({**ISSUE_ROWS, **OTHER_BROKEN}.items())}
@@ -429,7 +429,7 @@ def test_a_diverging_method_names_the_unit_and_says_the_inputs_are_finite(tmp_pa
                    "its inputs are finite", "so the training itself diverged", "lower the learning rate"):
         assert needle in msg, msg
 
-    def trainer_says_why(*args, **kwargs):  # a trainer's own verdict (lare.train.minimise) is kept, with the unit
+    def trainer_says_why(*args, **kwargs):  # a trainer's own verdict (lare.core.train.minimise) is kept, with the unit
         raise TrainingDiverged("LADS: training diverged (every validation loss was NaN or infinite) although its inputs "
                                "are finite (training embeddings): lower the learning rate or the logit scale")
 

@@ -1,4 +1,4 @@
-"""f_Box (lare.box.BoxNet), sampling inside boxes, BoxConfig, and step-1 training (train_box)."""
+"""f_Box (lare.core.box.BoxNet), sampling inside boxes, BoxConfig, and step-1 training (train_box)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from lare.box import CORNER_MODES, BoxConfig, BoxNet, sample_boxes, train_box
-from lare.losses import lare_loss_terms
-from lare.synthetic import SyntheticSpec, make_synthetic
-from lare.train import seeded_init
+from lare.core.box import CORNER_MODES, BoxConfig, BoxNet, sample_boxes, train_box
+from lare.core.losses import lare_loss_terms
+from lare.core.train import seeded_init
+from lare.data.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(num_classes=8, dim=16, n_train_per_class=10, n_test_per_class=5, n_ood_per_class=2,
                      superclasses=2)
@@ -288,9 +288,9 @@ def test_train_box_bf16_matches_fp32_closely_and_is_deterministic(data):
 def test_batched_box_trials_equal_train_box_under_each_precision(data, precision, monkeypatch):
     """The batched trainer holds its inputs in the dtype ``precision`` gives, as train_box does (bf16:
     cast once), and alone (N = 1) or beside another trial gives train_box's epochs and boxes."""
-    import lare.batched
-    import lare.box
-    from lare.batched import train_box_trials
+    import lare.core.batched
+    import lare.core.box
+    from lare.core.batched import train_box_trials
 
     seen = {}
 
@@ -302,8 +302,8 @@ def test_batched_box_trials_equal_train_box_under_each_precision(data, precision
             return real(model, terms, x, y, val=val, **kw)
         monkeypatch.setattr(module, name, wrapped)
 
-    spy(lare.box, "minimise", "single")
-    spy(lare.batched, "minimise_trials", "batched")
+    spy(lare.core.box, "minimise", "single")
+    spy(lare.core.batched, "minimise_trials", "batched")
     cfgs = [BoxConfig(epochs=12, batch_size=32, lr=1e-2, seed=0, patience=3, precision=precision, alpha=a, scale=s)
             for a, s in ((0.5, 100.0), (0.2, 20.0))]
     x, y, text = data["train_x"], data["train_y"], data["class_text"]

@@ -1,4 +1,4 @@
-"""lare.cache: manifests and keys, the on-disk layout, resumable extraction, corruption checks."""
+"""lare.data.cache: manifests and keys, the on-disk layout, resumable extraction, corruption checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lare.cache import (
+from lare.core.encoders import class_text_embeddings, encode_images
+from lare.data.cache import (
     MANIFEST_FIELDS,
     CacheCorruptError,
     CacheMismatchError,
@@ -22,9 +23,8 @@ from lare.cache import (
     open_entry,
     save_embeddings,
 )
-from lare.datasets import ImageDecodeError, ImageFiles, Item
-from lare.encoders import class_text_embeddings, encode_images
-from lare.extraction import cached_class_text, extract_embeddings
+from lare.data.datasets import ImageDecodeError, ImageFiles, Item
+from lare.data.extraction import cached_class_text, extract_embeddings
 from lare.utils import atomic_path, write_json_atomic
 
 LABELS = ["a", "b", "c"]

@@ -33,11 +33,11 @@ import pytest
 import yaml
 from repo_copy import repository_copy
 
-from lare import preflight
-from lare import run as lare_run
-from lare.params import ParameterError, RunParams, load_params, overrides_from
-from lare.results import PAPER_TABLE1
-from lare.search import BUDGET, PROBE_RECIPE, SearchConfig, replaced_under_tuned
+from lare.compare.results import PAPER_TABLE1
+from lare.compare.search import BUDGET, PROBE_RECIPE, SearchConfig, replaced_under_tuned
+from lare.pipeline import orchestrator as lare_run
+from lare.pipeline import preflight
+from lare.pipeline.params import ParameterError, RunParams, load_params, overrides_from
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -258,7 +258,7 @@ def test_parameter_defaults_in_the_docs_are_the_codes():
 
 
 def test_search_space_table_is_lare_hparams():
-    from lare.hparams import table
+    from lare.compare.space import table
 
     rows = table_rows((ROOT / "docs" / "comparison.md").read_text(), "| method | setting | search space |")
     assert [(r[0], r[1].strip("`"), r[2]) for r in rows] == [(t["method"], t["setting"], t["space"]) for t in table()]
@@ -266,8 +266,9 @@ def test_search_space_table_is_lare_hparams():
 
 def test_module_table_lists_every_module():
     rows = table_rows((ROOT / "docs" / "library.md").read_text(), "| module | holds |")
-    listed = {n for r in rows for n in re.findall(r"`(\w+)/?`", r[0])}
-    modules = {p.stem for p in (ROOT / "lare").glob("*.py") if p.stem != "__init__"} | {"model_configs"}
+    listed = {n for r in rows for n in re.findall(r"`([\w/]+?)/?`", r[0])}
+    modules = {p.relative_to(ROOT / "lare").with_suffix("").as_posix() for p in (ROOT / "lare").rglob("*.py")
+               if p.stem not in ("__init__", "__main__")} | {"model_configs"}
     assert listed == modules, f"not in docs/library.md: {modules - listed}; not in lare/: {listed - modules}"
 
 
@@ -293,7 +294,7 @@ def test_readme_names_the_extraction_code_the_cache_keys_on():
     if modules is None:
         pytest.skip("lare.provenance has no EXTRACTION_MODULES")
     para = next(p for p in README.read_text().split("\n\n") if p.startswith("Embeddings are cached by"))
-    named = re.findall(r"`lare/(\w+\.py)`", para.split(")")[0])
+    named = re.findall(r"`lare/([\w/]+\.py)`", para.split(")")[0])
     assert sorted(named) == sorted(modules)
 
 
@@ -318,7 +319,7 @@ def test_ci_runs_every_tier_and_installs_the_browser():
 
 
 def test_the_readmes_data_table_gives_every_source_with_its_link_and_checksum():
-    from lare.sources import SOURCES
+    from lare.data.sources import SOURCES
 
     rows = {r[0].split(" (")[0]: r for r in table_rows(README.read_text(), "| dataset | size | where from |")}
     for src in SOURCES.values():
@@ -561,9 +562,9 @@ def _check_params(profile: str, dataset: str | None, overrides: dict, root: Path
 
 
 def _check_module(module: str, args: list[str], root: Path, what: str) -> None:
-    if module in ("lare.run",):
+    if module in ("lare", "lare.pipeline.orchestrator"):
         _check_run_all(args, root)
-    elif module in ("lare.preflight", "lare.extract"):
+    elif module in ("lare.pipeline.preflight", "lare.pipeline.extract"):
         if "-h" in args:
             with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()):
                 __import__(module, fromlist=["main"]).main(["-h"])
@@ -571,14 +572,9 @@ def _check_module(module: str, args: list[str], root: Path, what: str) -> None:
         profile = args[args.index("--profile") + 1] if "--profile" in args else "paper"
         dataset = args[args.index("--dataset") + 1] if "--dataset" in args else None
         _check_params(profile, dataset, overrides_from(_options(args)), root, what)
-        if module == "lare.preflight" and profile in DATA_FREE:
+        if module == "lare.pipeline.preflight" and profile in DATA_FREE:
             with contextlib.redirect_stdout(io.StringIO()):
                 assert preflight.main(args) == 0, what
-    elif module == "lare.demo":
-        assert args in ([], ["-h"]), f"{what}: only `python -m lare.demo [-h]` is checked here"
-        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stdout(io.StringIO()):
-            __import__("lare.demo", fromlist=["main"]).main(["-h"])
-        assert exit_.value.code == 0
     elif module == "papermill":
         nb, out = args[0], args[1]
         assert (ROOT / nb).is_file() and out.endswith(".ipynb"), what
@@ -616,7 +612,7 @@ def check_command(line: str, root: Path) -> None:
         _check_module(tokens[2], tokens[3:], root, what)
     elif tokens[0] == "torchrun":
         i = tokens.index("-m")
-        assert tokens[i + 1] == "lare.extract", what
+        assert tokens[i + 1] == "lare.pipeline.extract", what
         _check_module(tokens[i + 1], tokens[i + 2:], root, what)
     elif tokens[0] == "python" and tokens[1].endswith(".py"):
         script = ROOT / tokens[1]
@@ -673,7 +669,7 @@ def test_a_refused_setting_fails_the_command_check(doc_root, monkeypatch):
 
 
 @pytest.mark.parametrize("wrapper", [pytest.param(["./run_all.sh"], id="run_all.sh"),
-                                     pytest.param([sys.executable, "-m", "lare.run"], id="python-m-lare.run", marks=pytest.mark.slow)])
+                                     pytest.param([sys.executable, "-m", "lare"], id="python-m-lare", marks=pytest.mark.slow)])
 def test_wrappers_dry_run_the_demo_and_write_nothing(wrapper, tmp_path):
     copy = repository_copy(tmp_path / "repo")
     env = {**os.environ, "LARE_NO_SETUP": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(copy), "OMP_NUM_THREADS": "1",

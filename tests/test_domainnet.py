@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lare.domainnet import DOMAINS, LIST_FOLDER, SUBDIR, check_domainnet, domainnet_items, list_names, load_domainnet
-from lare.protocols import cache_name, check_sources, imbalance_of, load_protocol
-from lare.sources import DatasetIntegrityError, DatasetMissingError
-from lare.treecheck import tree_problems
+from lare.data.catalog import cache_name, check_sources, imbalance_of, load_protocol
+from lare.data.domainnet import DOMAINS, LIST_FOLDER, SUBDIR, check_domainnet, domainnet_items, list_names, load_domainnet
+from lare.data.sources import DatasetIntegrityError, DatasetMissingError
+from lare.data.treecheck import tree_problems
 
 CLASSES = ["aircraft_carrier", "zebra", "bee"]
 

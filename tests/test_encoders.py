@@ -1,4 +1,4 @@
-"""lare.encoders on the tiny open_clip configs shipped in lare/model_configs (random weights, CPU, offline)."""
+"""lare.core.encoders on the tiny open_clip configs shipped in lare/model_configs (random weights, CPU, offline)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lare.datasets import ImageFiles
-from lare.encoders import (
+from lare.core.encoders import (
     TINY_CONFIG_DIR,
     EncoderError,
     class_text_embeddings,
     encode_images,
     load_encoder,
 )
+from lare.data.datasets import ImageFiles
 from lare.utils import hash_config
 
 TINY_MODELS = sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json"))

@@ -9,19 +9,19 @@ import math
 import pytest
 import torch
 
-from lare import experiment, ingest
-from lare.batched import train_box_trials, train_lads_trials
-from lare.box import BoxConfig, train_box
-from lare.hparams import HPARAMS, trial_settings
-from lare.lads import LADSConfig, train_lads
-from lare.methods import REGISTRY, run_lads, run_lare, run_linear_probe
-from lare.params import build
-from lare.probe import ProbeConfig, train_probe
-from lare.results import read_rows
-from lare.runfolder import results_path
-from lare.search import SearchConfig, configs_of, select, trials_of
-from lare.stats import paired_interval, t975
-from lare.train import LOSS_REL_TOL, EarlyStop
+from lare.compare.methods import REGISTRY, run_lads, run_lare, run_linear_probe
+from lare.compare.results import read_rows
+from lare.compare.search import SearchConfig, configs_of, select, trials_of
+from lare.compare.space import HPARAMS, trial_settings
+from lare.compare.stats import paired_interval, t975
+from lare.core.batched import train_box_trials, train_lads_trials
+from lare.core.box import BoxConfig, train_box
+from lare.core.lads import LADSConfig, train_lads
+from lare.core.probe import ProbeConfig, train_probe
+from lare.core.train import LOSS_REL_TOL, EarlyStop
+from lare.pipeline import experiment, ingest
+from lare.pipeline.params import build
+from lare.pipeline.runfolder import results_path
 
 DS = "fair"
 SPEC = {"num_classes": 40, "dim": 128, "n_train_per_class": 30, "n_test_per_class": 20, "n_ood_per_class": 15}  # the demo world
@@ -148,9 +148,9 @@ def test_lbfgs_lare_fits_draws_of_its_box_samples(world):
     """Under the lbfgs solver, LARE with fresh sampling solves the originals plus ``sampling.draws``
     draws of box samples (its probe generator's first epochs), each row weighted 1 / draws; the
     number of draws changes the result, and without fresh sampling the one fixed draw is used."""
-    from lare.box import BoxSampler
-    from lare.methods import LAREConfig, evaluate, lare_boxes
-    from lare.reference import reference_probe
+    from lare.compare.methods import LAREConfig, evaluate, lare_boxes
+    from lare.core.box import BoxSampler
+    from lare.core.reference import reference_probe
     from lare.utils import make_generator
 
     p = params(world)
@@ -260,9 +260,9 @@ def test_settings_tuned_replaces_are_refused_before_any_work():
     """Under ``tuned`` a user's ``-p probe.lr`` or ``-p box.epochs`` would play no part (the search's
     values replace them): the parameters are refused, naming what to set instead; under ``fixed``
     they are used. Settings that do play a part (probe.select, box.alpha, search.*) pass."""
-    from lare.params import ParameterError, load_params
-    from lare.preflight import check_profile
-    from lare.search import BUDGET, PROBE_RECIPE
+    from lare.compare.search import BUDGET, PROBE_RECIPE
+    from lare.pipeline.params import ParameterError, load_params
+    from lare.pipeline.preflight import check_profile
 
     given = {"probe": {"lr": 0.5, "l2": 0.1, "select": "top1"}, "box": {"epochs": 3, "alpha": 0.3},
              "search": {"probe_lr": 0.05}}

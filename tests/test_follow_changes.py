@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import yaml
 
+from lare.compare.results import read_rows, superseded_path
+from lare.data.synthetic import SyntheticSpec, make_synthetic
 from lare.provenance import code_fingerprint
-from lare.results import read_rows, superseded_path
-from lare.synthetic import SyntheticSpec, make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2 * 4 + 3
@@ -100,7 +100,7 @@ def test_b_edited_package_recomputes_boxes_and_lare_rows_and_reuses_the_embeddin
     for name in ("lare", "notebooks", "params", "scripts"):
         shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "run_all.sh", copy / "run_all.sh")
-    losses = copy / "lare" / "losses.py"
+    losses = copy / "lare" / "core" / "losses.py"
     text = losses.read_text()
     assert text.count("total = w_bv * bv") == 1
     losses.write_text(text.replace("total = w_bv * bv", "total = 3 * w_bv * bv"))  # L_BV weighs three times more

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "lare").glob("*.py") if p.stem != "__init__")
+PACKAGE = Path(__file__).resolve().parents[1] / "lare"
+MODULES = sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py") if p.stem != "__main__")
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
-    module = importlib.import_module(f"lare.{name}")
+    module = importlib.import_module(f"lare.{name}".removesuffix(".__init__"))
     assert module.__doc__, f"lare.{name} has no docstring"

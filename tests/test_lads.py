@@ -1,4 +1,4 @@
-"""The LADS baseline (lare.lads): domain directions, its losses, training and augmentation."""
+"""The LADS baseline (lare.core.lads): domain directions, its losses, training and augmentation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lare.lads import (
+from lare.core.lads import (
     LADSAugmenter,
     LADSConfig,
     domain_alignment_loss,
@@ -17,8 +17,8 @@ from lare.lads import (
     lads_class_consistency_loss,
     train_lads,
 )
-from lare.synthetic import SyntheticSpec, make_synthetic
-from lare.train import seeded_init
+from lare.core.train import seeded_init
+from lare.data.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(num_classes=10, dim=32, n_train_per_class=20, n_test_per_class=10, n_ood_per_class=5)
 CFG = LADSConfig(epochs=20, batch_size=64, lr=1e-2)
@@ -191,7 +191,7 @@ def test_train_lads_bf16_trains_close_to_fp32(data, trained):
 def test_batched_lads_trials_equal_train_lads_under_each_precision(data, precision):
     """Alone (N = 1) the batched augmenter trains as train_lads does under either precision (both keep
     the inputs float32 under bf16: x enters the alignment loss itself, not only through a product)."""
-    from lare.batched import train_lads_trials
+    from lare.core.batched import train_lads_trials
 
     cfg = LADSConfig(**{**CFG.to_dict(), "epochs": 8, "precision": precision})
     (b,) = train_lads_trials(data["train_x"], data["train_y"], data["photo_text"], data["painting_text"], [cfg],

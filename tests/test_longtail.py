@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lare.longtail import class_groups, group_accuracy, lt_counts, lt_subset
+from lare.data.longtail import class_groups, group_accuracy, lt_counts, lt_subset
 
 
 @pytest.mark.parametrize("imbalance, total", [(100, 10847), (50, 12608), (10, 19573)])

@@ -1,4 +1,4 @@
-"""Eq. (1)-(5) of the paper (lare.losses) against hand computation on tiny tensors.
+"""Eq. (1)-(5) of the paper (lare.core.losses) against hand computation on tiny tensors.
 
 Fixture: n = 2 items, d = 3, C = 2 classes. Every expected value below is written out by hand
 (dot products as literal numbers, cross-entropy with math.log/math.exp), never by calling the
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from lare.losses import (
+from lare.core.losses import (
     VOLUME_FORMS,
     box_volume_loss,
     box_volume_variant,

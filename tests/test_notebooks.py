@@ -14,7 +14,7 @@ import pytest
 import yaml
 from executed_notebooks import notebook_outputs, notebook_warnings
 
-from lare.params import RunParams, load_params
+from lare.pipeline.params import RunParams, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_extract_embeddings", "02_train_boxes", "03_probe_lare", "04_baselines", "05_table1", "06_figure3",
@@ -32,7 +32,7 @@ def _parameter_names(name) -> set[str]:
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_cell_is_only_what_papermill_injects(name):
-    """The schema lives in lare.params; the cell holds profile, dataset, overrides and force (--force); the next cell loads."""
+    """The schema lives in lare.pipeline.params; the cell holds profile, dataset, overrides and force (--force); the next cell loads."""
     nb = _nb(name)
     i = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     assert len(nb.cells[i].source.splitlines()) < 10

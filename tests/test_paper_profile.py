@@ -17,9 +17,9 @@ import pytest
 import yaml
 from fake_datasets import make_fake_cifar100, make_fake_cub, make_fake_paintings
 
-from lare.results import PAPER_TABLE1
-from lare.sources import CIFAR100, CUB, network_reachable
-from lare.splits import carve_validation, kshot_subset
+from lare.compare.results import PAPER_TABLE1
+from lare.data.sources import CIFAR100, CUB, network_reachable
+from lare.data.splits import carve_validation, kshot_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = [1, 2, 4, 8, 16, 0]  # params/paper/cifar100.yaml
@@ -98,7 +98,7 @@ def overrides_file(tmp_path) -> Path:
 
 
 def test_preflight_accepts_fake_trees_by_parameter_and_by_environment(small_fake_root, overrides_file, monkeypatch, capsys):
-    from lare import preflight
+    from lare.pipeline import preflight
 
     monkeypatch.delenv("LARE_DATA_ROOT", raising=False)
     assert preflight.main(["--profile", "paper", "-f", str(overrides_file), "-p", "data_root", str(small_fake_root)]) == 0
@@ -115,7 +115,7 @@ def test_preflight_accepts_fake_trees_by_parameter_and_by_environment(small_fake
 
 
 def test_preflight_reports_a_damaged_tree_and_missing_data_together(small_fake_root, overrides_file, capsys):
-    from lare import preflight
+    from lare.pipeline import preflight
 
     (small_fake_root / "CUB_200_2011" / "train_test_split.txt").unlink()
     for f in (small_fake_root / "cifar-100-python").iterdir():

@@ -1,5 +1,5 @@
-"""What the notebooks call: the parameter schema, embedding sources (lare.ingest), the run folder and
-its splits (lare.runfolder), and the experiment loops over the method registry (lare.experiment)."""
+"""What the notebooks call: the parameter schema, embedding sources (lare.pipeline.ingest), the run folder and
+its splits (lare.pipeline.runfolder), and the experiment loops over the method registry (lare.pipeline.experiment)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lare import experiment, ingest, runfolder
-from lare.params import ParameterError, build, deep_merge
+from lare.pipeline import experiment, ingest, runfolder
+from lare.pipeline.params import ParameterError, build, deep_merge
 
 SPEC = {"num_classes": 5, "dim": 16, "n_train_per_class": 8, "n_test_per_class": 4, "n_ood_per_class": 4}
 DS = "synth"

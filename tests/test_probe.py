@@ -1,4 +1,4 @@
-"""Metrics, zero-shot classification, augmenters and the linear probe (lare.probe)."""
+"""Metrics, zero-shot classification, augmenters and the linear probe (lare.core.probe)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lare.box import BoxSampler
-from lare.probe import (
+from lare.core.box import BoxSampler
+from lare.core.probe import (
     FixedAugment,
     ProbeConfig,
     metrics,
@@ -17,7 +17,7 @@ from lare.probe import (
     zero_shot_logits,
     zero_shot_predict,
 )
-from lare.reference import logreg_objective, solve_logreg
+from lare.core.reference import logreg_objective, solve_logreg
 
 
 def blobs(n_per_class: int, num_classes: int = 3, dim: int = 5, spread: float = 0.3, seed: int = 0,

@@ -1,4 +1,4 @@
-"""The reference linear probe (lare.reference): L-BFGS logistic regression, l2 chosen on validation only."""
+"""The reference linear probe (lare.core.reference): L-BFGS logistic regression, l2 chosen on validation only."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lare.reference import DEFAULT_L2_GRID, fit_logreg, logreg_grads, logreg_objective, reference_probe
-from lare.synthetic import SyntheticSpec, make_synthetic
-from lare.trials import train_probe_trials
+from lare.core.reference import DEFAULT_L2_GRID, fit_logreg, logreg_grads, logreg_objective, reference_probe
+from lare.core.trials import train_probe_trials
+from lare.data.synthetic import SyntheticSpec, make_synthetic
 from lare.utils import make_generator
 
 SPEC = SyntheticSpec(num_classes=20, dim=64, n_train_per_class=20, n_test_per_class=100)

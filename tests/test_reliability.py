@@ -25,10 +25,10 @@ from executed_notebooks import notebook_warnings
 from fake_datasets import make_fake_cub_archive, make_fake_paintings
 from PIL import Image
 
-import lare.cache as C
-import lare.extraction as X
-from lare import experiment, ingest, preflight
-from lare.cache import (
+import lare.data.cache as C
+import lare.data.extraction as X
+from lare.compare.results import aggregate, append_rows, make_rows, read_rows
+from lare.data.cache import (
     CacheCorruptError,
     CacheMismatchError,
     CacheWriteError,
@@ -37,11 +37,11 @@ from lare.cache import (
     load_embeddings,
     make_manifest,
 )
-from lare.datasets import ImageDecodeError, Item
-from lare.extraction import extract_embeddings
-from lare.params import ParameterError, build, load_params, overrides_from
-from lare.results import aggregate, append_rows, make_rows, read_rows
-from lare.sources import CUB
+from lare.data.datasets import ImageDecodeError, Item
+from lare.data.extraction import extract_embeddings
+from lare.data.sources import CUB
+from lare.pipeline import experiment, ingest, preflight
+from lare.pipeline.params import ParameterError, build, load_params, overrides_from
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["a", "b", "c"]
@@ -285,9 +285,9 @@ def test_loaded_embeddings_do_not_change_when_the_file_is_damaged_later(tiny_cli
 KILLED_EXTRACTION = """\
 import json, sys, time
 
-from lare.extraction import extract_embeddings
-from lare.datasets import Item
-from lare.encoders import load_encoder
+from lare.data.extraction import extract_embeddings
+from lare.data.datasets import Item
+from lare.core.encoders import load_encoder
 
 spec = json.loads(open(sys.argv[1]).read())
 encoder = load_encoder("lare-tiny-clip", "none", device="cpu")
@@ -489,7 +489,7 @@ def test_preflight_reads_p_values_as_yaml_like_run_all(name, raw, value):
 KILLED_WRITER = """\
 import os, pathlib, sys, time
 
-from lare import results
+from lare.compare import results
 
 path, marker = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 real = pathlib.Path.write_text

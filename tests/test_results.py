@@ -1,4 +1,4 @@
-"""Result rows, their aggregation and Table 1: lare.results."""
+"""Result rows, their aggregation and Table 1: lare.compare.results."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from lare import results
-from lare.provenance import code_fingerprint
-from lare.results import (
+from lare.compare import results
+from lare.compare.results import (
     PAPER_TABLE1,
     aggregate,
     append_rows,
@@ -26,6 +25,7 @@ from lare.results import (
     table1_display,
     write_table1,
 )
+from lare.provenance import code_fingerprint
 from lare.utils import hash_config
 
 PARAMS = {"probe": {"epochs": 3, "lr": 0.001}, "val_fraction": 0.2}

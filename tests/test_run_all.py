@@ -1,4 +1,4 @@
-"""The orchestrator (lare.run, what ./run_all.sh calls) on a fake project of six tiny notebooks:
+"""The orchestrator (lare.pipeline.orchestrator, what ./run_all.sh calls) on a fake project of six tiny notebooks:
 order, parameter forwarding, skipping by hash, failures reported from papermill's exception."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lare import run as R
+from lare.pipeline import orchestrator as R
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_DATASET = list(R.PER_DATASET)
@@ -22,7 +22,7 @@ PER_PROFILE = list(R.PER_PROFILE)
 # Each fake notebook logs the parameters it was given (as the real ones load them) to the run folder.
 BODY = """\
 import pathlib
-from lare.params import build, deep_merge, merged_values
+from lare.pipeline.params import build, deep_merge, merged_values
 P = build(merged_values(profile, dataset, overrides, root=pathlib.Path.cwd()))
 if P.title_note == "boom" and NB_NAME == "02_train_boxes":
     raise ValueError("boom")
@@ -205,7 +205,7 @@ def test_unknown_profile_and_options(project: Path, capsys) -> None:
 def test_run_all_sh_is_a_thin_wrapper() -> None:
     text = (ROOT / "run_all.sh").read_text()
     assert len(text.splitlines()) < 40
-    assert "python -m lare.run" in text and "<<" not in text and "python -c" not in text
+    assert "python -m lare" in text and "<<" not in text and "python -c" not in text
     env = {**os.environ, "LARE_NO_SETUP": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     res = subprocess.run(["bash", str(ROOT / "run_all.sh"), "-h"], cwd="/", env=env, capture_output=True, text=True,
                          timeout=120, check=False)

@@ -1,4 +1,4 @@
-"""The real datasets' registry (lare.sources) on fake trees laid out like the official releases:
+"""The real datasets' registry (lare.data.sources) on fake trees laid out like the official releases:
 the loaders, finding / extracting / downloading the data, and the errors a person gets."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from fake_datasets import (
 )
 from PIL import Image
 
-import lare.sources as src
-from lare.protocols import check_sources, load_protocol
-from lare.sources import (
+import lare.data.sources as src
+from lare.data.catalog import check_sources, load_protocol
+from lare.data.sources import (
     CIFAR100,
     CUB,
     CUB_PAINTINGS,

@@ -1,4 +1,4 @@
-"""Seeded, saved, disjoint splits: lare.splits."""
+"""Seeded, saved, disjoint splits: lare.data.splits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from lare.splits import carve_validation, check_disjoint, kshot_subset
+from lare.data.splits import carve_validation, check_disjoint, kshot_subset
 
 # A pool of 5 classes of unequal sizes (7, 5, 4, 2, 1); ids are strings, as in the pipeline.
 SIZES = [7, 5, 4, 2, 1]

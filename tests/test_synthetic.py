@@ -1,12 +1,12 @@
-"""The synthetic embedding dataset (lare.synthetic): shapes, norms, seeds, shared world, learnability."""
+"""The synthetic embedding dataset (lare.data.synthetic): shapes, norms, seeds, shared world, learnability."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lare.probe import ProbeConfig, metrics, train_probe, zero_shot_predict
-from lare.synthetic import SyntheticSpec, make_synthetic
+from lare.core.probe import ProbeConfig, metrics, train_probe, zero_shot_predict
+from lare.data.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(num_classes=10, dim=32, n_train_per_class=20, n_test_per_class=10, n_ood_per_class=10)
 TENSORS = ("train_x", "train_y", "test_x", "test_y", "ood_x", "ood_y", "class_text", "photo_text", "painting_text")

@@ -1,4 +1,4 @@
-"""Batched linear-probe trials (lare.trials): N trials in one model equal N separate runs and torch's AdamW."""
+"""Batched linear-probe trials (lare.core.trials): N trials in one model equal N separate runs and torch's AdamW."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lare.augment import BatchedBoxSampler, FixedBatchedAugment
-from lare.probe import metrics
-from lare.stacked import batched_metrics
-from lare.train import batches, seeded_init
-from lare.trials import train_probe_trials
+from lare.core.augment import BatchedBoxSampler, FixedBatchedAugment
+from lare.core.linear import batched_metrics
+from lare.core.probe import metrics
+from lare.core.train import batches, seeded_init
+from lare.core.trials import train_probe_trials
 from lare.utils import make_generator
 
 C, D = 5, 16
@@ -266,8 +266,8 @@ def test_bad_inputs_raise(data, change):
                          [(25, 0, 28, 6), (5, 60, 0, 12), (25, 40, 45, 9)], ids=["cut", "stretched", "both"])
 def test_step_bounds_cut_the_batched_trials_as_the_single_probe(data, max_epochs, min_steps, max_steps, epochs):
     """``max_steps`` and ``min_steps`` bound the batched trials' epochs as they bound the single probe's
-    (:func:`lare.train.effective_epochs`; 150 rows in batches of 32: 5 steps an epoch)."""
-    from lare.probe import ProbeConfig, train_probe
+    (:func:`lare.core.train.effective_epochs`; 150 rows in batches of 32: 5 steps an epoch)."""
+    from lare.core.probe import ProbeConfig, train_probe
 
     x, y, vx, vy = data
     kw = {"max_epochs": max_epochs, "patience": 100, "min_steps": min_steps}
