@@ -20,7 +20,7 @@ def _extract(tmp_path, name, launcher):
             "-p", "cache_dir", str(tmp_path / f"cache-{name}"), "-p", "data_root", str(tmp_path / "data"),
             "-p", "chunk_size", "4", "-p", "batch_size", "3", "-p", "progress", "False"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([*launcher, "-m", "lare.pipeline.extract", *opts], cwd=ROOT, env=env, capture_output=True, text=True,
+    done = subprocess.run([*launcher, "-m", "lare.pipeline.ingest", *opts], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / name

@@ -564,7 +564,7 @@ def _check_params(profile: str, dataset: str | None, overrides: dict, root: Path
 def _check_module(module: str, args: list[str], root: Path, what: str) -> None:
     if module in ("lare", "lare.pipeline.orchestrator"):
         _check_run_all(args, root)
-    elif module in ("lare.pipeline.preflight", "lare.pipeline.extract"):
+    elif module in ("lare.pipeline.preflight", "lare.pipeline.ingest"):
         if "-h" in args:
             with pytest.raises(SystemExit), contextlib.redirect_stdout(io.StringIO()):
                 __import__(module, fromlist=["main"]).main(["-h"])
@@ -612,7 +612,7 @@ def check_command(line: str, root: Path) -> None:
         _check_module(tokens[2], tokens[3:], root, what)
     elif tokens[0] == "torchrun":
         i = tokens.index("-m")
-        assert tokens[i + 1] == "lare.pipeline.extract", what
+        assert tokens[i + 1] == "lare.pipeline.ingest", what
         _check_module(tokens[i + 1], tokens[i + 2:], root, what)
     elif tokens[0] == "python" and tokens[1].endswith(".py"):
         script = ROOT / tokens[1]

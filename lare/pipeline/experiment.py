@@ -37,8 +37,8 @@ from lare.compare.space import HPARAMS
 from lare.compare.tables import arxiv_tables
 from lare.core.box import BoxTrainResult, load_box, save_box, train_box
 from lare.core.train import TrainingDiverged
+from lare.pipeline.figures import figure3, save_figure, sensitivity
 from lare.pipeline.params import RunParams
-from lare.pipeline.plots import figure3, save_figure, sensitivity
 from lare.pipeline.runfolder import (
     EVAL_DOMAINS,
     EncoderData,

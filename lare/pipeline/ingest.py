@@ -3,14 +3,30 @@
 Three sources: the built-in ``synthetic`` dataset, bring-your-own ``byo`` ``.npz`` files, and real
 ``images`` embedded with an open_clip model (resumable, keyed by everything that changes the
 numbers). Each writes one index per (dataset, encoder) in the run folder (see :mod:`lare.pipeline.runfolder`).
+
+Images can also be embedded from the command line, on one process or sharded with ``torchrun``:
+
+    python -m lare.pipeline.ingest --profile paper --dataset cub [-p NAME VALUE]...
+    torchrun --nproc_per_node 4 -m lare.pipeline.ingest --profile paper --dataset cub
+
+That does what notebook 01 does for ``source: images`` (same parameters, :func:`lare.pipeline.params.load_params`:
+the defaults, the profile's params file, then the -p values; same cache entries and index), so the notebook then
+finds the cache complete. Under torchrun each rank embeds its own chunks on its own device (NCCL
+on GPUs, gloo on CPUs) and rank 0 assembles one cache entry per split; the embeddings equal a
+single-process run.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import yaml
 
 from lare.core.encoders import load_encoder
 from lare.data import byo
@@ -19,7 +35,8 @@ from lare.data.catalog import PROTOCOLS, cache_name, load_protocol
 from lare.data.datasets import imagefolder_items, make_toy_images
 from lare.data.extraction import class_text_entry, dist_barrier, dist_rank_world, extract_embeddings
 from lare.data.synthetic import SyntheticSpec, make_synthetic
-from lare.pipeline.params import RunParams, resolve
+from lare.pipeline.params import ParameterError, RunParams, load_params, overrides_from, resolve
+from lare.pipeline.preflight import check
 from lare.pipeline.runfolder import index_path, write_index
 from lare.provenance import ingest_fingerprint
 from lare.utils import hash_config, sha256_file
@@ -196,3 +213,47 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
                         batch_size=p.batch_size, num_workers=p.num_workers, device=device or p.torch_device,
                         progress=p.progress, loader=loader, chunk_size=p.chunk_size, repair=p.repair_cache,
                         skip_bad_images=p.skip_bad_images, cache_as=cache_name(dataset))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lare.pipeline.ingest",
+                                 description="Embed a profile's images into the cache (one process, or sharded with torchrun).")
+    ap.add_argument("--profile", default="paper")
+    ap.add_argument("--dataset", required=True, help="a params file name of the profile, e.g. cub")
+    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = ap.parse_args(argv)
+    try:
+        p = load_params(args.profile, args.dataset, overrides_from([("-p", k, v) for k, v in args.p]))
+        problems = check(p)
+    except ParameterError as err:
+        problems = err.problems
+    else:
+        if p.source != "images":
+            problems.append(f"lare.pipeline.ingest embeds images; params/{args.profile}/{args.dataset}.yaml has source {p.source!r}")
+    if problems:
+        print("cannot extract:\n- " + "\n- ".join(problems), file=sys.stderr)
+        return 1
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+    else:
+        device = p.torch_device
+    try:
+        for name in p.encoders:
+            path = extract(p, name, device=device)
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"{name}: {yaml.safe_dump({'index': str(path)}).strip()}")
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
