@@ -39,7 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # benchmarks never download anythi
 import torch  # noqa: E402
 from _common import header, sync, work_folder  # noqa: E402
 
-from lare.compare.methods import REGISTRY, run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
+from lare.compare.methods import run_lads, run_lare, run_linear_probe, run_zero_shot  # noqa: E402
+from lare.compare.registry import REGISTRY  # noqa: E402
 from lare.core.box import train_box  # noqa: E402
 from lare.data.cache import save_embeddings  # noqa: E402
 from lare.data.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
                     t_unit = time.perf_counter()
                     s = clock(ds, "splits", lambda data=data, ds=ds, k=k, seed=seed, vf=st.val_fraction: encoder_splits(
                         data, run_dir, ds, shots=k, seed=seed, val_fraction=vf).to(device))
-                    cfg = {name: m.make_config(sections, seed) for name, m in REGISTRY.items()}
+                    cfg = {name: REGISTRY[name].make_config(sections, seed) for name in ("linear-probe", "lads", "lare")}
                     if enc in st.encoders_for("baseline_encoders"):
                         record(ds, "zero-shot", enc, k, clock(ds, "zero-shot", lambda s=s: run_zero_shot(s)))
                         record(ds, "linear-probe", enc, k, clock(ds, "linear-probe", lambda s=s, c=cfg: run_linear_probe(

@@ -22,7 +22,7 @@ import time
 import torch
 from _common import REPO, best_and_median, header, timed, work_folder
 
-from lare.core.trials import train_probe_trials
+from lare.core.probe import ProbeConfig, train_probe_trials
 
 
 def probe_trials(n: int, n_val: int, dim: int, classes: int, trials: int, epochs: int, batch: int,
@@ -33,10 +33,9 @@ def probe_trials(n: int, n_val: int, dim: int, classes: int, trials: int, epochs
     y = torch.randint(0, classes, (n,), generator=g)
     vx = torch.nn.functional.normalize(torch.randn(n_val, dim, generator=g), dim=-1)
     vy = torch.randint(0, classes, (n_val,), generator=g)
-    lr = torch.logspace(-3, -1, trials, dtype=torch.float64)
-    return timed(lambda: train_probe_trials(x, y, classes, lr=lr, weight_decay=torch.full((trials,), 1e-4, dtype=torch.float64),
-                                            seeds=[0] * trials, val_x=vx, val_y=vy, max_epochs=epochs,
-                                            patience=epochs + 1, batch_size=batch, device=device), device)
+    configs = [ProbeConfig(lr=float(lr), weight_decay=1e-4, seed=0, epochs=epochs, patience=epochs + 1, batch_size=batch,
+                           min_steps=0) for lr in torch.logspace(-3, -1, trials, dtype=torch.float64)]
+    return timed(lambda: train_probe_trials(x, y, classes, configs, val_x=vx, val_y=vy, device=device), device)
 
 
 def demo_seconds(root, protocol: str) -> float:

@@ -48,6 +48,10 @@ def test_arxiv_profile_runs_and_writes_every_table(arxiv_run):
     fig = arxiv_run["fig"]
     for name in ("table1.md", "table_domainnet_domains.md", "table_longtail.md", "figure3.png"):
         assert (fig / name).is_file(), name
+    table1 = pd.read_csv(fig / "table1.csv").set_index("method")
+    for enc in ("CLIP", "CoCa"):  # the f_Box ablations run where LARE does, paired with the probe of their encoder
+        for label in (f"Gaussian noise on {enc} (no f_Box)", f"Fixed boxes on {enc} (no f_Box)"):
+            assert table1.loc[label, ["In-domain vs probe mean", "Out-of-domain vs probe mean"]].notna().all(), label
     domains = pd.read_csv(fig / "table_domainnet_domains.csv")
     assert {"clipart mean", "painting mean", "real mean", "Out-of-domain (mean) mean"} <= set(domains.columns)
     lt = (fig / "table_longtail.md").read_text()

@@ -22,7 +22,7 @@ import torch
 import yaml
 from fake_datasets import make_fake_cifar100, make_fake_cub, make_fake_paintings
 
-from lare.compare.methods import get
+from lare.compare.registry import get
 from lare.compare.results import NOT_MEASURED, aggregate, make_rows, table1, write_table1
 from lare.core.box import BoxConfig, train_box
 from lare.core.train import TrainingDiverged

@@ -1,4 +1,5 @@
-"""f_Box (lare.core.box.BoxNet), sampling inside boxes, BoxConfig, and step-1 training (train_box)."""
+"""f_Box (lare.core.box.BoxNet), sampling inside boxes, BoxConfig, and step-1 training (train_box, the
+one-trial case of train_box_trials, both through lare.core.train.minimise)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import math
 import pytest
 import torch
 
-from lare.core.box import CORNER_MODES, BoxConfig, BoxNet, sample_boxes, train_box
+import lare.core.train
+from lare.core.box import CORNER_MODES, BoxConfig, BoxNet, sample_boxes, train_box, train_box_trials
 from lare.core.losses import lare_loss_terms
-from lare.core.train import seeded_init
+from lare.core.train import TrainingDiverged, seeded_init
 from lare.data.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(num_classes=8, dim=16, n_train_per_class=10, n_test_per_class=5, n_ood_per_class=2,
                      superclasses=2)
 # Small, overfitting setting: the validation loss has a clear minimum before the last epoch.
-CFG = BoxConfig(epochs=30, batch_size=32, lr=1e-2, seed=0)
+CFG = BoxConfig(epochs=30, batch_size=32, lr=1e-2, seed=0, scale=100.0)  # scale 100: the validation loss rises before the end
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +210,8 @@ def test_train_box_keeps_best_validation_epoch(data, trained):
     vals = [h["val_total"] for h in trained.history]
     assert trained.best_epoch == vals.index(min(vals))
     assert trained.best_epoch < CFG.epochs - 1, "setting chosen so that validation loss rises at the end"
+    # patience 0 (the default): every epoch is trained although the validation loss rises
+    assert trained.config.patience == 0 and trained.stopped_by == "budget" and len(trained.history) == CFG.epochs
     # the returned weights are the best epoch's, not the last epoch's
     got = full_terms(trained.model, data["test_x"], data["test_y"], data["class_text"], CFG)["total"].item()
     assert got == pytest.approx(vals[trained.best_epoch], rel=1e-5)
@@ -285,37 +289,68 @@ def test_train_box_bf16_matches_fp32_closely_and_is_deterministic(data):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_batched_box_trials_equal_train_box_under_each_precision(data, precision, monkeypatch):
-    """The batched trainer holds its inputs in the dtype ``precision`` gives, as train_box does (bf16:
-    cast once), and alone (N = 1) or beside another trial gives train_box's epochs and boxes."""
-    import lare.core.batched
-    import lare.core.box
-    from lare.core.batched import train_box_trials
+def test_box_trials_together_equal_each_trial_alone_under_each_precision(data, precision, monkeypatch):
+    """The one loop holds f_Box's inputs in the dtype ``precision`` gives (bf16: cast once), train_box
+    is its one-trial call, and a trial trained beside another (N = 2) takes the epochs and boxes it
+    takes alone (N = 1)."""
+    seen = []
+    real = lare.core.train.minimise
 
-    seen = {}
+    def spy(model, terms, x, y, *, val, **kw):
+        seen.append((model.trials, x.dtype, val[0].dtype))
+        return real(model, terms, x, y, val=val, **kw)
 
-    def spy(module, name, key):
-        real = getattr(module, name)
-
-        def wrapped(model, terms, x, y, *, val, **kw):
-            seen[key] = (x.dtype, val[0].dtype)
-            return real(model, terms, x, y, val=val, **kw)
-        monkeypatch.setattr(module, name, wrapped)
-
-    spy(lare.core.box, "minimise", "single")
-    spy(lare.core.batched, "minimise_trials", "batched")
+    monkeypatch.setattr(lare.core.train, "minimise", spy)
     cfgs = [BoxConfig(epochs=12, batch_size=32, lr=1e-2, seed=0, patience=3, precision=precision, alpha=a, scale=s)
             for a, s in ((0.5, 100.0), (0.2, 20.0))]
     x, y, text = data["train_x"], data["train_y"], data["class_text"]
     val = dict(val_x=data["test_x"], val_y=data["test_y"])
-    for cfgs_together in ([cfgs[0]], cfgs):
-        batched = train_box_trials(x, y, text, cfgs_together, device="cpu", **val)
-        for cfg, b in zip(cfgs_together, batched, strict=True):
-            a = fit(data, cfg)
-            assert seen["single"] == seen["batched"] == (torch.bfloat16 if precision == "bf16" else torch.float32,) * 2
-            assert (a.best_epoch, a.stopped_by, len(a.history)) == (b.best_epoch, b.stopped_by, len(b.history))
-            # alone the same numbers; beside another trial bf16's batched products may round differently
-            tol = 1e-6 if len(cfgs_together) == 1 else 1e-3
-            assert [h["val_total"] for h in b.history] == pytest.approx([h["val_total"] for h in a.history], abs=tol)
-            for p, q in zip(a.boxes(data["test_x"]), b.boxes(data["test_x"]), strict=True):
-                torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5)
+    together = train_box_trials(x, y, text, cfgs, device="cpu", **val)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for cfg, b in zip(cfgs, together, strict=True):
+        a = fit(data, cfg)
+        assert seen[0] == (2, dtype, dtype) and seen[-1] == (1, dtype, dtype)
+        assert (a.best_epoch, a.stopped_by, len(a.history)) == (b.best_epoch, b.stopped_by, len(b.history))
+        # beside another trial bf16's batched products may round differently
+        tol = 1e-6 if precision == "fp32" else 1e-3
+        assert [h["val_total"] for h in b.history] == pytest.approx([h["val_total"] for h in a.history], abs=tol)
+        for p, q in zip(a.boxes(data["test_x"]), b.boxes(data["test_x"]), strict=True):
+            torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5)
+
+
+def test_box_trials_without_validation_keep_their_last_epoch(data):
+    """No validation split: no early stopping, every trial keeps its last epoch, as one run does."""
+    cfgs = [BoxConfig(epochs=5, batch_size=32, lr=1e-2, patience=2, alpha=a) for a in (0.5, 0.9)]
+    res = train_box_trials(data["train_x"], data["train_y"], data["class_text"], cfgs, device="cpu")
+    for cfg, r in zip(cfgs, res, strict=True):
+        assert (r.best_epoch, r.stopped_by, len(r.history)) == (4, "budget", 5)
+        assert not any(k.startswith("val_") for h in r.history for k in h)
+        alone = fit(data, cfg, val=False)
+        assert [h["train_total"] for h in r.history] == pytest.approx([h["train_total"] for h in alone.history], abs=1e-6)
+
+
+def test_box_trials_refuse_configs_that_differ_beyond_the_loss_weights(data):
+    cfg = BoxConfig(epochs=2)
+    with pytest.raises(ValueError, match=r"may differ only in \['alpha', 'scale'\]; these differ too: \['lr'\]"):
+        train_box_trials(data["train_x"], data["train_y"], data["class_text"], [cfg, BoxConfig(epochs=2, lr=0.1)])
+    with pytest.raises(ValueError, match="no trials"):
+        train_box_trials(data["train_x"], data["train_y"], data["class_text"], [])
+
+
+def test_a_diverged_trial_is_named_among_those_trained_together(data):
+    """Finite inputs and an absurd step size: every trial diverges, and the message says which and
+    that the optimisation is to blame (the wording of one run, with the trials named)."""
+    cfgs = [BoxConfig(epochs=2, lr=1e30, alpha=a) for a in (0.5, 0.9)]
+    with pytest.raises(TrainingDiverged) as err:
+        train_box_trials(data["train_x"], data["train_y"], data["class_text"], cfgs, val_x=data["test_x"],
+                         val_y=data["test_y"], device="cpu")
+    msg = str(err.value)
+    assert msg.startswith("f_Box (trials 0, 1 of 2, numbered from 0): training diverged"), msg
+    assert "although its inputs are finite" in msg and "lower the learning rate" in msg
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_train_box_progress_bar(data, progress, capsys):
+    fit_kw = dict(val_x=data["test_x"], val_y=data["test_y"], device="cpu", progress=progress)
+    train_box(data["train_x"], data["train_y"], data["class_text"], BoxConfig(epochs=2), **fit_kw)
+    assert ("f_Box" in capsys.readouterr().err) == progress

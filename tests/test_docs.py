@@ -258,7 +258,7 @@ def test_parameter_defaults_in_the_docs_are_the_codes():
 
 
 def test_search_space_table_is_lare_hparams():
-    from lare.compare.space import table
+    from lare.compare.registry import table
 
     rows = table_rows((ROOT / "docs" / "comparison.md").read_text(), "| method | setting | search space |")
     assert [(r[0], r[1].strip("`"), r[2]) for r in rows] == [(t["method"], t["setting"], t["space"]) for t in table()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lare.data.catalog import cache_name, check_sources, imbalance_of, load_protocol
+from lare.data.catalog import cache_name, check_sources, imbalance_of, load_dataset
 from lare.data.domainnet import DOMAINS, LIST_FOLDER, SUBDIR, check_domainnet, domainnet_items, list_names, load_domainnet
 from lare.data.sources import DatasetIntegrityError, DatasetMissingError
 from lare.data.treecheck import tree_problems
@@ -71,7 +71,7 @@ def test_missing_image_and_bad_lists_are_named(tmp_path):
 
 def test_protocol_splits_one_evaluation_set_per_target_domain(tmp_path):
     fake_domainnet(tmp_path)
-    items, names, loader = load_protocol("domainnet", tmp_path, allow_download=False)
+    items, names, loader = load_dataset("domainnet", tmp_path, allow_download=False)
     assert loader is None and len(names) == 3
     assert sorted(items) == ["ood_clipart", "ood_painting", "ood_real", "test", "train"]
     assert all({it.domain for it in items[f"ood_{d}"]} == {d} for d in ("clipart", "painting", "real"))

@@ -9,14 +9,13 @@ import math
 import pytest
 import torch
 
-from lare.compare.methods import REGISTRY, run_lads, run_lare, run_linear_probe
+from lare.compare.methods import run_lads, run_lare, run_linear_probe
+from lare.compare.registry import HPARAMS, REGISTRY, trial_settings
 from lare.compare.results import read_rows
 from lare.compare.search import SearchConfig, configs_of, select, trials_of
-from lare.compare.space import HPARAMS, trial_settings
 from lare.compare.stats import paired_interval, t975
-from lare.core.batched import train_box_trials, train_lads_trials
-from lare.core.box import BoxConfig, train_box
-from lare.core.lads import LADSConfig, train_lads
+from lare.core.box import BoxConfig, train_box, train_box_trials
+from lare.core.lads import LADSConfig, train_lads, train_lads_trials
 from lare.core.probe import ProbeConfig, train_probe
 from lare.core.train import LOSS_REL_TOL, EarlyStop
 from lare.pipeline import experiment, ingest
@@ -160,7 +159,7 @@ def test_lbfgs_lare_fits_draws_of_its_box_samples(world):
     got = run_lare(s, config, "cpu")
     lower, upper = lare_boxes(s, config, "cpu").boxes(s.train_x)
     sampler, g = BoxSampler(lower, upper, s.train_y), make_generator(1)
-    draws = [sampler(epoch, g) for epoch in range(3)]
+    draws = [[t[0] for t in sampler(epoch, [g])] for epoch in range(3)]  # one trial's (N = 1) draws
     n = len(s.train_y)
     ref = reference_probe(torch.cat([s.train_x] + [d[0] for d in draws]), torch.cat([s.train_y] + [d[1] for d in draws]),
                           s.val_x, s.val_y, s.num_classes, l2_grid=probe.l2_grid,

@@ -1,4 +1,5 @@
-"""The LADS baseline (lare.core.lads): domain directions, its losses, training and augmentation."""
+"""The LADS baseline (lare.core.lads): domain directions, its losses, training (train_lads, the one-trial
+case of train_lads_trials) and augmentation."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from lare.core.lads import (
     inverse_frequency_weights,
     lads_class_consistency_loss,
     train_lads,
+    train_lads_trials,
 )
-from lare.core.train import seeded_init
+from lare.core.train import TrainingDiverged, seeded_init
 from lare.data.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(num_classes=10, dim=32, n_train_per_class=20, n_test_per_class=10, n_ood_per_class=5)
@@ -188,15 +190,50 @@ def test_train_lads_bf16_trains_close_to_fp32(data, trained):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_batched_lads_trials_equal_train_lads_under_each_precision(data, precision):
-    """Alone (N = 1) the batched augmenter trains as train_lads does under either precision (both keep
-    the inputs float32 under bf16: x enters the alignment loss itself, not only through a product)."""
-    from lare.core.batched import train_lads_trials
+def test_lads_trials_together_equal_each_trial_alone_under_each_precision(data, precision):
+    """Beside another trial (N = 2) an augmenter trains as it does alone (N = 1, train_lads) under
+    either precision (the inputs stay float32 under bf16: x enters the alignment loss itself, not
+    only through a product)."""
+    cfgs = [LADSConfig(**{**CFG.to_dict(), "epochs": 8, "precision": precision, "domain_weight": w}) for w in (0.5, 0.2)]
+    together = train_lads_trials(data["train_x"], data["train_y"], data["photo_text"], data["painting_text"], cfgs,
+                                 val_x=data["test_x"], val_y=data["test_y"], device="cpu")
+    for cfg, b in zip(cfgs, together, strict=True):
+        a = fit(data, cfg)
+        assert (a.best_epoch, len(a.history)) == (b.best_epoch, len(b.history))
+        assert [h["val_total"] for h in b.history] == pytest.approx([h["val_total"] for h in a.history], abs=1e-6)
+        torch.testing.assert_close(b.augment(data["test_x"]), a.augment(data["test_x"]), atol=1e-5, rtol=1e-5)
+    assert together[0].history != together[1].history  # the trials differ, so the comparison can fail
 
-    cfg = LADSConfig(**{**CFG.to_dict(), "epochs": 8, "precision": precision})
-    (b,) = train_lads_trials(data["train_x"], data["train_y"], data["photo_text"], data["painting_text"], [cfg],
-                             val_x=data["test_x"], val_y=data["test_y"], device="cpu")
-    a = fit(data, cfg)
-    assert (a.best_epoch, len(a.history)) == (b.best_epoch, len(b.history))
-    assert [h["val_total"] for h in b.history] == pytest.approx([h["val_total"] for h in a.history], abs=1e-6)
-    torch.testing.assert_close(b.augment(data["test_x"]), a.augment(data["test_x"]), atol=1e-5, rtol=1e-5)
+
+def test_train_lads_without_validation_trains_every_epoch_and_keeps_the_last(data):
+    res = fit(data, LADSConfig(epochs=4, batch_size=64, lr=1e-2, patience=1), val=False)
+    assert (res.best_epoch, res.stopped_by, len(res.history)) == (3, "budget", 4)
+    assert not any(k.startswith("val_") for h in res.history for k in h)
+
+
+def test_train_lads_patience_zero_trains_every_epoch(trained):
+    assert trained.config.patience == 0 and trained.stopped_by == "budget" and len(trained.history) == CFG.epochs
+
+
+def test_train_lads_blames_non_finite_prompts_not_the_learning_rate(data):
+    bad = data["painting_text"].clone()
+    bad[2, 5] = float("nan")
+    with pytest.raises(TrainingDiverged) as err:
+        train_lads(data["train_x"], data["train_y"], data["photo_text"], bad, LADSConfig(epochs=2),
+                   val_x=data["test_x"], val_y=data["test_y"], device="cpu", progress=False)
+    msg = str(err.value)
+    assert msg.startswith("LADS: the loss is not finite because the inputs are not: target_text has 1 NaN"), msg
+    assert "the learning rate is not at fault" in msg
+
+
+def test_lads_trials_refuse_configs_that_differ_beyond_the_domain_weight(data):
+    with pytest.raises(ValueError, match=r"may differ only in \['domain_weight'\]; these differ too: \['seed'\]"):
+        train_lads_trials(data["train_x"], data["train_y"], data["photo_text"], data["painting_text"],
+                          [LADSConfig(epochs=2), LADSConfig(epochs=2, seed=1)])
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_train_lads_progress_bar(data, progress, capsys):
+    train_lads(data["train_x"], data["train_y"], data["photo_text"], data["painting_text"], LADSConfig(epochs=2),
+               device="cpu", progress=progress)
+    assert ("LADS" in capsys.readouterr().err) == progress

@@ -20,7 +20,6 @@ from lare.core.losses import (
     corners_of,
     lare_loss,
     lare_loss_terms,
-    lare_loss_terms_fused,
     lare_loss_terms_trials,
 )
 
@@ -317,6 +316,14 @@ def test_log_volume_gradient_widens_the_box(inputs):
 FUSED_CASES = [(c, v, r) for c in ("minmax", "center_width") for v in VOLUME_FORMS for r in ("mean", "sum")]
 
 
+def one_trial(out, text, labels, *, alpha, scale, **kw):
+    """The fused training form (lare_loss_terms_trials) for one f_Box, N = 1, as train_box calls it:
+    ``out`` (b, 2d), a float ``alpha`` and ``scale``; the terms as scalars."""
+    terms = lare_loss_terms_trials(out.unsqueeze(0), text, labels, alpha=torch.tensor([alpha], dtype=torch.float64),
+                                   scale=torch.tensor([scale], dtype=torch.float64), **kw)
+    return {k: v[0] for k, v in terms.items()}
+
+
 def _raw_output(n, d, corners, seed):
     g = torch.Generator().manual_seed(seed)
     out = torch.randn(n, 2 * d, generator=g, dtype=torch.float64)
@@ -327,7 +334,7 @@ def _raw_output(n, d, corners, seed):
 
 @pytest.mark.parametrize("corners,volume,reduction", FUSED_CASES)
 def test_fused_terms_equal_literal_terms_and_gradients(corners, volume, reduction):
-    """lare_loss_terms_fused == lare_loss_terms(*corners_of(out)) in value and in d/d out, float64."""
+    """The fused form (N = 1) == lare_loss_terms(*corners_of(out)) in value and in d/d out, float64."""
     n, d, c = 23, 12, 7
     g = torch.Generator().manual_seed(1)
     text = torch.nn.functional.normalize(torch.randn(c, d, generator=g, dtype=torch.float64), dim=-1)
@@ -336,7 +343,7 @@ def test_fused_terms_equal_literal_terms_and_gradients(corners, volume, reductio
     kw = dict(alpha=0.3, scale=7.0, reduction=reduction, volume=volume)
     o_ref, o_fused = out.clone().requires_grad_(), out.clone().requires_grad_()
     ref = lare_loss_terms(*corners_of(o_ref, corners), text, labels, **kw)
-    fused = lare_loss_terms_fused(o_fused, text, labels, corners=corners, **kw)
+    fused = one_trial(o_fused, text, labels, corners=corners, **kw)
     assert set(fused) == set(ref)
     for k in ref:
         assert fused[k].item() == pytest.approx(ref[k].item(), rel=1e-10, abs=1e-12), k
@@ -356,8 +363,8 @@ def test_fused_terms_pass_torch_gradcheck():
     for corners in ("minmax", "center_width"):
         out = torch.randn(n, 2 * d, generator=g, dtype=torch.float64, requires_grad=True)
         def fn(o, corners=corners):
-            return lare_loss_terms_fused(o, text, labels, corners=corners, alpha=0.4, scale=3.0,
-                                         volume="dot_normalized")["total"]
+            return one_trial(o, text, labels, corners=corners, alpha=0.4, scale=3.0,
+                             volume="dot_normalized")["total"]
         assert torch.autograd.gradcheck(fn, (out,))
 
 
@@ -370,10 +377,10 @@ def test_fused_terms_under_bf16_autocast_stay_close_to_float32(corners, volume):
     labels = torch.randint(0, c, (n,), generator=g)
     out32 = torch.randn(n, 2 * d, generator=g) * 0.1
     kw = dict(corners=corners, alpha=0.5, scale=100.0, volume=volume)
-    ref = lare_loss_terms_fused(out32, text, labels, **kw)
+    ref = one_trial(out32, text, labels, **kw)
     out16 = out32.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = lare_loss_terms_fused(out16, text, labels, **kw)
+        low = one_trial(out16, text, labels, **kw)
     for k in ref:
         assert low[k].dtype == torch.float32  # reductions never in bf16
         assert low[k].item() == pytest.approx(ref[k].item(), rel=0.05, abs=0.05), k
@@ -385,14 +392,14 @@ def test_fused_terms_under_bf16_autocast_stay_close_to_float32(corners, volume):
 def test_fused_terms_reject_bad_options(kwargs):
     args = dict(corners="minmax", alpha=0.5, scale=1.0, reduction="mean", volume="dot")
     with pytest.raises(ValueError):
-        lare_loss_terms_fused(torch.zeros(2, 6), torch.zeros(3, 3), torch.tensor([0, 1]), **{**args, **kwargs})
+        one_trial(torch.zeros(2, 6), torch.zeros(3, 3), torch.tensor([0, 1]), **{**args, **kwargs})
 
 
 @pytest.mark.parametrize("corners,volume,reduction", FUSED_CASES)
 def test_trials_terms_equal_each_trials_fused_terms_and_gradients(corners, volume, reduction):
-    """lare_loss_terms_trials on N stacked outputs == lare_loss_terms_fused on each, with each trial's
-    alpha and scale, in value and in d/d out (float64): the batched f_Box search minimises exactly
-    the loss each trial minimises alone."""
+    """lare_loss_terms_trials on N stacked outputs == the same on each alone (N = 1), with each trial's
+    alpha and scale, in value and in d/d out (float64): f_Box trials trained together minimise
+    exactly the loss each trial minimises alone."""
     n, d, c, trials = 17, 6, 5, 3
     g = torch.Generator().manual_seed(7)
     text = torch.nn.functional.normalize(torch.randn(c, d, generator=g, dtype=torch.float64), dim=-1)
@@ -406,8 +413,8 @@ def test_trials_terms_equal_each_trials_fused_terms_and_gradients(corners, volum
     batched["total"].sum().backward()
     for i in range(trials):
         o = out[i].clone().requires_grad_()
-        alone = lare_loss_terms_fused(o, text, labels, corners=corners, alpha=float(alpha[i]), scale=float(scale[i]),
-                                      reduction=reduction, volume=volume)
+        alone = one_trial(o, text, labels, corners=corners, alpha=float(alpha[i]), scale=float(scale[i]),
+                          reduction=reduction, volume=volume)
         for k in alone:
             assert batched[k][i].item() == pytest.approx(alone[k].item(), rel=1e-12, abs=1e-12), (i, k)
         alone["total"].backward()

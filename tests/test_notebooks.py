@@ -75,12 +75,16 @@ def test_params_files_load_and_hold_only_differences(params):
 
 
 def test_methods_in_the_open():
-    """Notebooks 02 and 03 show one unit with the library's building blocks before the grid."""
+    """Notebooks 02 and 03 walk one unit in the open, with the settings of its trial 0 under the run's
+    protocol, before the grid, and end by checking the library's checkpoint or row against it (the
+    checks run in the notebook tests and the JupyterLab test)."""
     src02 = "\n".join(c.source for c in _nb("02_train_boxes").cells)
-    for needle in ("BoxNet(", "lare_loss_terms(", "sample_boxes(", "$$L_{LARE}", "train_boxes(P, force=force)"):
+    for needle in ("BoxNet(", "lare_loss_terms(", "sample_boxes(", "$$L_{LARE}", "train_boxes(P, force=force)",
+                   "cfg = unit_box_config(P, seed)", "opt.step()", "trained_boxes(P, encoder, shots, seed)", "assert "):
         assert needle in src02, needle
     src03 = "\n".join(c.source for c in _nb("03_probe_lare").cells)
-    for needle in ("BoxSampler(", "train_probe(", 'run_methods(P, ["lare"], force=force)'):
+    for needle in ("BoxSampler(", "configs_of(", "F.cross_entropy(", "opt.step()", 'run_methods(P, ["lare"], force=force)',
+                   'r["trials"][0]', "assert "):
         assert needle in src03, needle
 
 

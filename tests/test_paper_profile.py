@@ -171,6 +171,9 @@ def test_paper_profile_runs_every_notebook_and_writes_table1_and_figure3(paper_r
     assert lare_row["Out-of-domain paper"] == PAPER_TABLE1["LARE"][1][0]
     assert table[["In-domain mean", "Out-of-domain mean"]].notna().all().all()
     assert (table["seeds"] == len(SEEDS)).all()
+    for enc in ("CLIP", "CoCa"):  # the f_Box ablations run where LARE does, paired with the probe of their encoder
+        for label in (f"Gaussian noise on {enc} (no f_Box)", f"Fixed boxes on {enc} (no f_Box)"):
+            assert table.set_index("method").loc[label, ["In-domain vs probe mean", "Out-of-domain vs probe mean"]].notna().all()
     md, tex = (fig / "table1.md").read_text(), (fig / "table1.tex").read_text()
     assert "In-domain (paper)" in md and f"{PAPER_TABLE1['LARE'][1][0]:.2f}" in md
     assert "FAKE data" in md and f"{PAPER_TABLE1['LARE'][0][0]:.2f}" in tex

@@ -393,13 +393,14 @@ def test_e2e_result_rows(e2e):
     assert list(lare.columns) == ["method", "encoder", "domain", "shots", "seed", "top1", "balanced_acc"]
     assert len(lare) == 2 * 2 * 2 * 2  # encoders x shots x seeds x domains
     assert set(lare["method"]) == {"lare"}
-    assert Counter(base["method"]) == {"zero-shot": 16, "linear-probe": 16, "lads": 4, "linear-probe-lbfgs": 16}
+    assert Counter(base["method"]) == {"zero-shot": 16, "linear-probe": 16, "lads": 4, "linear-probe-lbfgs": 16,
+                                       "gaussian-noise": 16, "fixed-boxes": 16}  # the ablations: on LARE's encoders
     assert set(base[base["method"] == "lads"]["encoder"]) == {"clip"}
     assert set(base[base["method"] == "lads"]["shots"]) == {0}
     allm = pd.concat([lare, base])
     assert allm["top1"].between(0, 100).all() and allm["balanced_acc"].between(0, 100).all()
     rows = [json.loads(line) for line in (e2e["run"] / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 68
+    assert len(rows) == 100
     assert all(r["dataset"] == DS and r["config_hash"] and r["git_commit"] for r in rows)
     lare_rows = [r for r in rows if r["method"] == "lare"]
     assert all(r["params"]["probe"]["epochs"] == 2 and "seed" not in r["params"]["probe"] for r in lare_rows)

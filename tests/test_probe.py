@@ -14,6 +14,7 @@ from lare.core.probe import (
     ProbeConfig,
     metrics,
     train_probe,
+    train_probe_trials,
     zero_shot_logits,
     zero_shot_predict,
 )
@@ -167,10 +168,19 @@ def boxes(n=4, d=6, seed=0):
     return torch.minimum(a, b), torch.maximum(a, b), torch.tensor([2, 0, 1, 2])[:n]
 
 
+def one(sampler, epoch, generator):
+    """A one-trial sampler's draw (N = 1), without the trial dimension."""
+    s, sy = sampler(epoch, [generator])
+    assert s.shape[0] == sy.shape[0] == 1
+    return s[0], sy[0]
+
+
 def test_box_sampler_labels_and_alignment():
     lower, upper, labels = boxes()
     k = 3
-    s, sy = BoxSampler(lower, upper, labels, k=k, renormalize=False)(0, torch.Generator().manual_seed(0))
+    s, sy = BoxSampler(lower, upper, labels, k=k, renormalize=False)(0, [torch.Generator().manual_seed(0)])
+    assert s.shape == (1, 4 * k, 6) and sy.shape == (1, 4 * k)
+    s, sy = s[0], sy[0]
     assert s.shape == (4 * k, 6)
     assert sy.tolist() == [2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2]
     # row i*k + j is a sample of box i (so its label is box i's label)
@@ -180,9 +190,9 @@ def test_box_sampler_labels_and_alignment():
 
 def test_box_sampler_renormalize_gives_unit_norms():
     lower, upper, labels = boxes()
-    s, _ = BoxSampler(lower, upper, labels, k=5, renormalize=True)(0, torch.Generator().manual_seed(0))
+    s, _ = one(BoxSampler(lower, upper, labels, k=5, renormalize=True), 0, torch.Generator().manual_seed(0))
     assert torch.allclose(s.norm(dim=-1), torch.ones(20), atol=1e-5)
-    raw, _ = BoxSampler(lower, upper, labels, k=5, renormalize=False)(0, torch.Generator().manual_seed(0))
+    raw, _ = one(BoxSampler(lower, upper, labels, k=5, renormalize=False), 0, torch.Generator().manual_seed(0))
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(20), atol=1e-2)
     assert torch.allclose(s, torch.nn.functional.normalize(raw, dim=-1), atol=1e-6)
 
@@ -191,16 +201,19 @@ def test_box_sampler_fresh_vs_fixed():
     lower, upper, labels = boxes()
     g = torch.Generator().manual_seed(0)
     fresh = BoxSampler(lower, upper, labels, k=2, fresh=True)
-    a, _ = fresh(0, g)
-    b, _ = fresh(1, g)
+    a, _ = one(fresh, 0, g)
+    b, _ = one(fresh, 1, g)
     assert not torch.equal(a, b)
     fixed = BoxSampler(lower, upper, labels, k=2, fresh=False)
-    c, cy = fixed(0, g)
-    d, dy = fixed(1, torch.Generator().manual_seed(99))
+    c, cy = one(fixed, 0, g)
+    d, dy = one(fixed, 1, torch.Generator().manual_seed(99))
     assert torch.equal(c, d) and torch.equal(cy, dy)
     # same generator seed, same samples
-    e, _ = BoxSampler(lower, upper, labels, k=2)(0, torch.Generator().manual_seed(0))
+    e, _ = one(BoxSampler(lower, upper, labels, k=2), 0, torch.Generator().manual_seed(0))
     assert torch.equal(a, e)
+    # epoch 0 draws anew (a look at the samples before training does not become the training's draw)
+    f, _ = one(fixed, 0, torch.Generator().manual_seed(0))
+    assert torch.equal(f, e) and not torch.equal(f, c)
 
 
 def test_box_sampler_length_mismatch_raises():
@@ -213,9 +226,11 @@ def test_box_sampler_length_mismatch_raises():
 def test_fixed_augment():
     x, y = torch.randn(5, 3), torch.arange(5)
     aug = FixedAugment(x, y)
+    assert aug.size == 5
     for epoch in (0, 7):
-        ax, ay = aug(epoch, torch.Generator())
-        assert torch.equal(ax, x) and torch.equal(ay, y)
+        ax, ay = aug(epoch, [torch.Generator()])
+        assert ax.shape == (1, 5, 3) and ay.shape == (1, 5)  # one trial (N = 1)
+        assert torch.equal(ax[0], x) and torch.equal(ay[0], y)
     assert aug.to(torch.device("cpu")) is aug
     with pytest.raises(ValueError):
         FixedAugment(x, y[:-1])
@@ -259,3 +274,27 @@ def test_train_probe_bf16_learns_and_matches_fp32():
     assert r16.model.weight.dtype == torch.float32
     assert r16.evaluate(tx, ty)["top1"] > 95
     assert abs(r16.history[-1]["train_loss"] - r32.history[-1]["train_loss"]) < 0.05
+
+
+@pytest.mark.parametrize("stop", ["val", "loss"])
+def test_train_probe_is_one_trial_of_the_one_trainer(stop):
+    """train_probe is train_probe_trials with N = 1: the same weights, epochs and history, bit for bit."""
+    x, y = blobs(12, num_classes=4, dim=6, spread=2.5, seed=0)
+    vx, vy = blobs(10, num_classes=4, dim=6, spread=2.5, seed=1)
+    cfg = ProbeConfig(epochs=30, batch_size=8, lr=5e-2, weight_decay=0.01, l2=1e-3, min_steps=0, patience=5, stop=stop)
+    lower, upper = x - 0.3, x + 0.3
+    single = fit(x, y, 4, cfg, val_x=vx, val_y=vy, augment=BoxSampler(lower, upper, y, k=2))
+    trials = train_probe_trials(x, y, 4, [cfg], val_x=vx, val_y=vy, augment=BoxSampler(lower, upper, y, k=2), device="cpu")
+    assert torch.equal(single.model.weight, trials.trial(0).weight) and torch.equal(single.model.bias, trials.trial(0).bias)
+    assert (single.best_epoch, single.stopped_by, len(single.history)) == (trials.best_epoch[0], trials.stopped_by[0], trials.epochs[0])
+    assert [h["train_loss"] for h in single.history] == trials.history["train_loss"][:, 0].tolist()
+    assert [h["val_balanced_acc"] for h in single.history] == trials.history["val_balanced_acc"][:, 0].tolist()
+    assert ("train_objective" in single.history[0]) == (stop == "loss")
+
+
+def test_train_probe_shows_a_progress_bar(capsys):
+    x, y = blobs(10)
+    train_probe(x, y, 3, ProbeConfig(epochs=3, batch_size=0, min_steps=0), device="cpu", progress=True)
+    assert "probe" in capsys.readouterr().err
+    train_probe(x, y, 3, ProbeConfig(epochs=3, batch_size=0, min_steps=0), device="cpu", progress=False)
+    assert "probe" not in capsys.readouterr().err

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lare.core.probe import ProbeConfig, train_probe_trials
 from lare.core.reference import DEFAULT_L2_GRID, fit_logreg, logreg_grads, logreg_objective, reference_probe
-from lare.core.trials import train_probe_trials
 from lare.data.synthetic import SyntheticSpec, make_synthetic
 from lare.utils import make_generator
 
@@ -101,9 +101,10 @@ def test_converged_trials_reach_the_logreg_optimum(synthetic):
     # last weights are the L-BFGS solution at the same l2 (the bias up to a constant shift, to
     # which the softmax is blind).
     s, l2 = synthetic, [1e-3, 1e-2]
-    res = train_probe_trials(s["x"], s["y"], SPEC.num_classes, lr=torch.full((2,), 1e-2), weight_decay=torch.zeros(2),
-                             l2=torch.tensor(l2), seeds=[0, 1], val_x=s["vx"][:200], val_y=s["vy"][:200],
-                             max_epochs=1500, patience=2000, batch_size=0, device="cpu")
+    configs = [ProbeConfig(lr=1e-2, weight_decay=0.0, l2=penalty, seed=i, epochs=1500, patience=2000, batch_size=0,
+                           min_steps=0, max_steps=0, stop="val", precision="fp32") for i, penalty in enumerate(l2)]
+    res = train_probe_trials(s["x"], s["y"], SPEC.num_classes, configs, val_x=s["vx"][:200], val_y=s["vy"][:200],
+                             device="cpu")
     assert res.stopped_by == ["budget", "budget"]
     for i, penalty in enumerate(l2):
         ref = fit_logreg(s["x"], s["y"], SPEC.num_classes, l2=penalty, device="cpu")
@@ -122,10 +123,10 @@ def test_tuned_trials_come_within_a_point_of_the_reference(synthetic):
     s = synthetic
     ref = reference_probe(s["x"], s["y"], s["vx"], s["vy"], SPEC.num_classes, device="cpu")
     grid = list(itertools.product([1e-2, 3e-2, 1e-1], [1e-3, 3e-3, 1e-2, 3e-2]))
-    res = train_probe_trials(s["x"], s["y"], SPEC.num_classes, lr=torch.tensor([g[0] for g in grid]),
-                             weight_decay=torch.zeros(len(grid)), l2=torch.tensor([g[1] for g in grid]),
-                             seeds=list(range(len(grid))), val_x=s["vx"], val_y=s["vy"], max_epochs=1000, patience=50,
-                             batch_size=0, device="cpu")
+    configs = [ProbeConfig(lr=lr, weight_decay=0.0, l2=l2, seed=i, epochs=1000, patience=50, batch_size=0, min_steps=0,
+                           max_steps=0, stop="val", select="balanced_acc", precision="fp32")
+               for i, (lr, l2) in enumerate(grid)]
+    res = train_probe_trials(s["x"], s["y"], SPEC.num_classes, configs, val_x=s["vx"], val_y=s["vy"], device="cpu")
     assert all(r == "patience" for r in res.stopped_by)  # every trial trained until validation stopped improving
     best = res.best_trial()
     trial_test = res.evaluate(s["tx"], s["ty"])[best]["balanced_acc"]

@@ -24,7 +24,7 @@ from fake_datasets import (
 from PIL import Image
 
 import lare.data.sources as src
-from lare.data.catalog import check_sources, load_protocol
+from lare.data.catalog import check_sources, load_dataset
 from lare.data.sources import (
     CIFAR100,
     CUB,
@@ -172,7 +172,7 @@ def test_load_protocol_on_fake_trees(tmp_path):
     cub = make_fake_cub(tmp_path, classes=3, per_class=4)
     make_fake_paintings(tmp_path, classes=3, per_class=2)
     fake_cifar = make_fake_cifar100(tmp_path, per_class_train=2, per_class_test=1)
-    items, names, loader = load_protocol("cub", tmp_path, allow_download=False)
+    items, names, loader = load_dataset("cub", tmp_path, allow_download=False)
     assert loader is None and names == CUB_NAMES
     assert set(items) == {"train", "test", "ood"}
     assert [it.id for it in items["test"]] == cub.test_ids
@@ -180,11 +180,11 @@ def test_load_protocol_on_fake_trees(tmp_path):
     ids = [it.id for s in items.values() for it in s]
     assert len(ids) == len(set(ids)), "ids must be unique across train / test / ood"
 
-    items, names, loader = load_protocol("cifar100", tmp_path, allow_download=False)
+    items, names, loader = load_dataset("cifar100", tmp_path, allow_download=False)
     assert set(items) == {"train", "test"} and len(names) == 100
     np.testing.assert_array_equal(np.asarray(loader(items["test"][3])), fake_cifar.image("test", 3))
     with pytest.raises(KeyError, match="unknown dataset"):
-        load_protocol("imagenet", tmp_path)
+        load_dataset("imagenet", tmp_path)
 
 
 # ---------------------------------------------------------------- getting the data
@@ -288,7 +288,7 @@ def test_check_sources_reports_every_missing_dataset_at_once(tmp_path, monkeypat
     assert "CUB-200-Paintings" in problems[1]
     assert len(check_sources("cifar100", tmp_path, allow_download=False)) == 1
     with pytest.raises(DatasetMissingError) as err:
-        load_protocol("cub", tmp_path, allow_download=False)
+        load_dataset("cub", tmp_path, allow_download=False)
     assert "CUB-200-2011" in str(err.value) and "CUB-200-Paintings" in str(err.value)
 
 

@@ -1,44 +1,47 @@
-"""The method registry: every method of Table 1 and Figure 3 is one :class:`Method` entry.
+"""The methods of Table 1 and Figure 3, each one :class:`Method` entry (the registry that holds them
+all is :mod:`lare.compare.registry`).
 
 An entry holds the method's name (the ``method`` column of the results), the config sections it
 reads from the run's parameters (``probe``, ``box``, ...), what it needs beyond a training set
-(class text, domain prompts, trained boxes, the full training set), its Table 1 rows, and one
+(class text, domain prompts, trained boxes, the full training set), its search space, its Table 1
+row on any encoder (and the paper's rows, with the paper's names and numbers), and one
 ``run(splits, config, device) -> metrics`` function. The experiment loop
 (:mod:`lare.pipeline.experiment`) runs units x methods through this interface only, and Table 1 is keyed
-off the registry, so a new method is one new entry and one new config, nothing else.
-(DomainBed's ``algorithms.py`` + ``hparams_registry.py`` is the model.)
+off the registry, so a new method is one module with its entry and one line in the registry
+(docs/library.md, "Adding a method"). (DomainBed's ``algorithms.py`` + ``hparams_registry.py`` is the model.)
 
 ``metrics`` is ``{domain: {"top1": ..., "balanced_acc": ...}}`` per evaluation domain, and for the
 ``validation`` split (carved from the training pool), on which a search selects. A method may also
 give ``run_trials(splits, configs, device) -> [metrics]``: its trials of one unit trained as one
-batched model, with the same numbers as ``run`` on each config (up to float rounding).
+batched model, with the same numbers as ``run`` on each config (up to float rounding). Step 2 of
+every method, one run or N trials, is :func:`probe_trials` (the probe's one trainer).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lare.core.augment import BatchedBoxSampler, FixedBatchedAugment
-from lare.core.batched import differing, train_box_trials, train_lads_trials
-from lare.core.box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box
-from lare.core.lads import LADSConfig, train_lads
+from lare.compare.space import PROBE, SAMPLES_PER_ITEM, Space
+from lare.core.box import BoxConfig, BoxSampler, BoxTrainResult, SamplingConfig, train_box, train_box_trials
+from lare.core.lads import LADSConfig, train_lads, train_lads_trials
 from lare.core.probe import (
     DEFAULT_L2_GRID,
     SELECT_METRICS,
+    Augmenter,
     FixedAugment,
     ProbeConfig,
     check_l2_grid,
     metrics,
-    train_probe,
+    shared_settings,
+    train_probe_trials,
     zero_shot_predict,
 )
 from lare.core.reference import reference_probe
-from lare.core.trials import train_probe_trials
 from lare.data.longtail import group_accuracy
 from lare.utils import make_generator, resolve_device
 
@@ -160,27 +163,54 @@ def solved_probe(splits: EmbeddingSplits, config: ProbeConfig, extra: tuple[torc
     return res.predict, {"l2": res.l2}
 
 
-def _drawn(augment, generators, dev, draws: int = 1):
-    """An augmenter's first ``draws`` epochs (its generator(s) advancing) for the ``lbfgs`` solver, on
-    ``dev``, joined along the rows: (m * draws, d) alone, (N, m * draws, d) for N batched trials."""
+def _drawn(augment: Augmenter, generators: list[torch.Generator], dev, draws: int = 1):
+    """An augmenter's first ``draws`` epochs (its generators advancing) for the ``lbfgs`` solver, on
+    ``dev``, joined along the rows: (N, m * draws, d) and (N, m * draws)."""
     augment = augment.to(dev) if hasattr(augment, "to") else augment
     parts = [augment(epoch, generators) for epoch in range(draws)]
-    return tuple(torch.cat([p[i] for p in parts], dim=-2 + i) for i in (0, 1))
+    return tuple(torch.cat([p[i] for p in parts], dim=1) for i in (0, 1))
 
 
-def fit_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None, augment=None, draws: int = 1) -> Metrics:
-    """Step 2 of every method: the probe on the originals (plus the augmenter's embeddings) by the
-    config's solver, evaluated; with ``lbfgs`` the augmenter is drawn ``draws`` times (generator
-    seed + 1: the draws ``train_probe`` makes for its first epochs, see :func:`solved_probe`) and
-    the chosen l2 is reported."""
-    if config.solver == "lbfgs":
+def probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device=None, augment: Augmenter | None = None,
+                 draws: int = 1) -> list[Metrics]:
+    """Step 2 of every method: N probe trials of one unit on the originals plus the augmenter's
+    embeddings, each evaluated (:func:`evaluate`'s metrics); one run is N = 1 (:func:`fit_probe`).
+
+    probes: the trials' configs, all of one solver. ``adamw``: they may differ in lr, weight decay,
+    l2 and seed and share every other setting (:data:`lare.core.probe.TRIAL_FIELDS`); they train as
+    one batched model (:func:`lare.core.probe.train_probe_trials`, the probe's one trainer).
+    ``lbfgs``: each trial is solved on its own (:func:`solved_probe`) on its augmenter row drawn
+    ``draws`` times from its own generator (seed + 1: the draws the AdamW trainer makes for its
+    first epochs), and the l2 it chose is reported under ``"probe"``.
+    augment: ``augment(epoch, generators) -> (x (N, m, d), y (N, m))``, row i trial i's extra
+    training embeddings for that epoch, drawn from ``generators[i]`` only (see
+    :data:`lare.core.probe.Augmenter`: :class:`lare.core.box.BoxSampler`,
+    :class:`lare.core.probe.FixedAugment`, or any callable of that form, with an optional ``size``
+    (m, which the step bounds count) and ``to(device)``); None: the originals alone.
+    """
+    if not probes or len({c.solver for c in probes}) > 1:
+        raise ValueError(f"probe trials need one solver for all, got {[c.solver for c in probes]}")
+    if probes[0].solver == "lbfgs":
         dev = resolve_device(device)
-        extra = None if augment is None else _drawn(augment, make_generator(config.seed + 1, dev), dev, draws)
-        predict, chosen = solved_probe(splits, config, extra, device, draws)
-        return {**evaluate(predict, splits), "probe": chosen}
-    res = train_probe(splits.train_x, splits.train_y, splits.num_classes, config, val_x=splits.val_x,
-                      val_y=splits.val_y, augment=augment, device=device, progress=False)
-    return evaluate(res.predict, splits)
+        extra = None if augment is None else _drawn(augment, [make_generator(c.seed + 1, dev) for c in probes], dev, draws)
+        out = []
+        for i, c in enumerate(probes):
+            predict, chosen = solved_probe(splits, c, None if extra is None else (extra[0][i], extra[1][i]), device, draws)
+            out.append({**evaluate(predict, splits), "probe": chosen})
+        return out
+    res = train_probe_trials(splits.train_x, splits.train_y, splits.num_classes, probes, val_x=splits.val_x,
+                             val_y=splits.val_y, augment=augment, device=device)
+    sets = {**splits.evals, **({VALIDATION: (splits.val_x, splits.val_y)} if len(splits.val_y) else {})}
+    preds = {name: res.predict(x) for name, (x, _) in sets.items()}  # (N, n) per set: every trial at once
+    return [with_mean_ood({name: score(preds[name][i], y, splits) for name, (_, y) in sets.items()})
+            for i in range(len(probes))]
+
+
+def fit_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None, augment: Augmenter | None = None,
+              draws: int = 1) -> Metrics:
+    """Step 2 of one run: :func:`probe_trials` with one trial (a 2-d augmenter, such as a
+    :class:`lare.core.box.BoxSampler` on (n, d) corners, is that trial's)."""
+    return probe_trials(splits, [config], device, augment, draws)[0]
 
 
 def run_linear_probe(splits: EmbeddingSplits, config: ProbeConfig, device=None) -> Metrics:
@@ -226,48 +256,6 @@ def run_reference_probe(splits: EmbeddingSplits, config: ReferenceConfig, device
 
 
 # ---------------------------------------------------------------- trials as one batched model
-def _solved_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None,
-                   draws: int = 1) -> list[Metrics]:
-    """``lbfgs`` probe trials: each trial's augmenter row drawn ``draws`` times by its own generator
-    (seed + 1, as :func:`fit_probe` draws alone), then each trial solved on its own."""
-    dev = resolve_device(device)
-    extra = None if augment is None else _drawn(augment, [make_generator(c.seed + 1, dev) for c in probes], dev, draws)
-    out = []
-    for i, c in enumerate(probes):
-        predict, chosen = solved_probe(splits, c, None if extra is None else (extra[0][i], extra[1][i]), device, draws)
-        out.append({**evaluate(predict, splits), "probe": chosen})
-    return out
-
-
-def _probe_trials(splits: EmbeddingSplits, probes: list[ProbeConfig], device, augment=None,
-                  draws: int = 1) -> list[Metrics]:
-    """Probe trials that differ in lr, weight decay and l2 (the rest shared) as one batched model
-    (``lbfgs`` trials: one solve each, see :func:`_solved_trials`; ``draws`` is theirs)."""
-    if probes[0].solver == "lbfgs":
-        return _solved_trials(splits, probes, device, augment, draws)
-    p = probes[0]
-    res = train_probe_trials(splits.train_x, splits.train_y, splits.num_classes,
-                             lr=torch.tensor([c.lr for c in probes], dtype=torch.float64),
-                             weight_decay=torch.tensor([c.weight_decay for c in probes], dtype=torch.float64),
-                             l2=torch.tensor([c.l2 for c in probes], dtype=torch.float64),
-                             seeds=[c.seed for c in probes], val_x=splits.val_x, val_y=splits.val_y,
-                             max_epochs=p.epochs, patience=p.patience, batch_size=p.batch_size,
-                             select=p.select, augment=augment, min_steps=p.min_steps, max_steps=p.max_steps, stop=p.stop,
-                             device=device)
-    sets = {**splits.evals, VALIDATION: (splits.val_x, splits.val_y)}
-    preds = {name: res.predict(x) for name, (x, _) in sets.items()}  # (N, n) per set: every trial at once
-    return [with_mean_ood({name: score(preds[name][i], y, splits) for name, (_, y) in sets.items()})
-            for i in range(len(probes))]
-
-
-def _batchable(probes: list[ProbeConfig]) -> bool:
-    """The batched probe covers fp32 trials that differ only in lr, weight decay and l2, with early stopping;
-    ``lbfgs`` trials (solved one by one after a shared augmenter) may differ in anything."""
-    if all(c.solver == "lbfgs" for c in probes):
-        return True
-    return probes[0].precision == "fp32" and probes[0].patience > 0 and not differing(probes, {"lr", "weight_decay", "l2"})
-
-
 def _groups(configs: list, key) -> dict:
     out: dict = {}
     for i, c in enumerate(configs):
@@ -275,31 +263,32 @@ def _groups(configs: list, key) -> dict:
     return out
 
 
-def trials_linear_probe(splits: EmbeddingSplits, configs: list[ProbeConfig], device=None) -> list[Metrics]:
-    if not _batchable(configs):
-        return [run_linear_probe(splits, c, device) for c in configs]
-    return _probe_trials(splits, configs, device)
-
-
-def trials_lads(splits: EmbeddingSplits, configs: list[LADSMethodConfig], device=None) -> list[Metrics]:
-    if not _batchable([c.probe for c in configs]):
-        return [run_lads(splits, c, device) for c in configs]
-    source, target = (splits.extra_text[k] for k in DOMAIN_PROMPTS)
+def _by_group(configs: list, key, run) -> list:
+    """``run(indices)`` for each group of configs of equal ``key``, the results in the configs' order."""
     out: list = [None] * len(configs)
-    for idx in _groups(configs, lambda c: dataclasses.replace(c.lads, domain_weight=0.0)).values():
-        augs = train_lads_trials(splits.train_x, splits.train_y, source, target, [configs[i].lads for i in idx],
-                                 val_x=splits.val_x, val_y=splits.val_y, device=device)
-        extra = FixedBatchedAugment(torch.stack([a.augment(splits.train_x) for a in augs]),
-                                    splits.train_y.expand(len(idx), -1))
-        for i, m in zip(idx, _probe_trials(splits, [configs[i].probe for i in idx], device, extra), strict=True):
+    for idx in _groups(configs, key).values():
+        for i, m in zip(idx, run(idx), strict=True):
             out[i] = m
     return out
 
 
+def trials_linear_probe(splits: EmbeddingSplits, configs: list[ProbeConfig], device=None) -> list[Metrics]:
+    return _by_group(configs, shared_settings, lambda idx: probe_trials(splits, [configs[i] for i in idx], device))
+
+
+def trials_lads(splits: EmbeddingSplits, configs: list[LADSMethodConfig], device=None) -> list[Metrics]:
+    source, target = (splits.extra_text[k] for k in DOMAIN_PROMPTS)
+
+    def run(idx: list[int]) -> list[Metrics]:
+        augs = train_lads_trials(splits.train_x, splits.train_y, source, target, [configs[i].lads for i in idx],
+                                 val_x=splits.val_x, val_y=splits.val_y, device=device)
+        extra = FixedAugment(torch.stack([a.augment(splits.train_x) for a in augs]), splits.train_y.expand(len(idx), -1))
+        return probe_trials(splits, [configs[i].probe for i in idx], device, extra)
+
+    return _by_group(configs, lambda c: (dataclasses.replace(c.lads, domain_weight=0.0), shared_settings(c.probe)), run)
+
+
 def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None) -> list[Metrics]:
-    lbfgs = all(c.probe.solver == "lbfgs" for c in configs)  # draws (sampling.solver_draws) stand in for fresh
-    if not _batchable([c.probe for c in configs]) or not (lbfgs or all(c.sampling.fresh for c in configs)):
-        return [run_lare(splits, c, device) for c in configs]
     # notebook 02's f_Box serves the trial that asks for its settings; the others train together
     boxes: dict = {splits.boxes.config: splits.boxes} if splits.boxes is not None else {}
     for idx in _groups(configs, lambda c: dataclasses.replace(c.box, alpha=0.0, scale=1.0)).values():
@@ -308,19 +297,28 @@ def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None)
             trained = train_box_trials(splits.train_x, splits.train_y, splits.class_text, distinct,
                                        val_x=splits.val_x, val_y=splits.val_y, device=device)
             boxes.update(zip(distinct, trained, strict=True))
-    out: list = [None] * len(configs)
-    for idx in _groups(configs, lambda c: (c.sampling.k, c.sampling.renormalize, c.sampling.solver_draws)).values():
+
+    def run(idx: list[int]) -> list[Metrics]:
         corners = [boxes[configs[i].box].boxes(splits.train_x) for i in idx]
         s = configs[idx[0]].sampling
-        sampler = BatchedBoxSampler(torch.stack([c[0] for c in corners]), torch.stack([c[1] for c in corners]),
-                                    splits.train_y, k=s.k, renormalize=s.renormalize)
-        trials = _probe_trials(splits, [configs[i].probe for i in idx], device, sampler, s.solver_draws)
-        for j, (i, m) in enumerate(zip(idx, trials, strict=True)):
-            out[i] = {**m, "boxes": {"log_width": box_log_width(*corners[j])}}
-    return out
+        sampler = BoxSampler(torch.stack([c[0] for c in corners]), torch.stack([c[1] for c in corners]),
+                             splits.train_y, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
+        trials = probe_trials(splits, [configs[i].probe for i in idx], device, sampler, s.solver_draws)
+        return [{**m, "boxes": {"log_width": box_log_width(*c)}} for m, c in zip(trials, corners, strict=True)]
+
+    def group(c: LAREConfig) -> tuple:  # trials that can share one sampler and one batched probe
+        s = c.sampling
+        return s.k, s.fresh, s.renormalize, s.solver_draws, shared_settings(c.probe)
+
+    return _by_group(configs, group, run)
 
 
-# ---------------------------------------------------------------- the registry
+# ---------------------------------------------------------------- the entries
+# The paper's encoders, as its tables name them: the display names of the keys clip and coca (unless
+# their entry gives another; any other key is shown as itself unless its entry gives a name).
+PAPER_ENCODERS = {"clip": "CLIP", "coca": "CoCa"}
+
+
 @dataclass(frozen=True)
 class TableRow:
     """One Table 1 row of a method on one encoder, with the paper's (mean, std) per domain if it has one."""
@@ -343,7 +341,9 @@ class Method:
     config: Callable[..., Any] | None = None  # sections -> the method's config (None: no training)
     needs: frozenset[str] = frozenset()    # class_text (always there), domain_prompts, boxes, full_training_set
     encoders_param: str = ""               # the run parameter listing its encoders
-    rows: tuple[TableRow, ...] = ()        # Table 1
+    label: str = "{encoder} ({name})"      # its Table 1 row on any encoder: {encoder} is the encoder's display name
+    rows: tuple[TableRow, ...] = ()        # rows of its own on some encoders: the paper's, with the paper's names
+    space: Mapping[str, Space] = field(default_factory=dict)  # what a search draws: setting -> space (see space.py)
     run_trials: Callable[[EmbeddingSplits, list, Any], list[Metrics]] | None = None  # batched trials of one unit
 
     def make_config(self, sections: dict[str, Any], seed: int):
@@ -360,37 +360,39 @@ class Method:
             return False
         return not ("full_training_set" in self.needs and shots != 0)
 
+    def row(self, encoder: str, encoder_name: str) -> TableRow:
+        """Its Table 1 row on ``encoder`` (shown as ``encoder_name``): its own row there if it has one
+        and the encoder goes by the paper's name (the paper's rows keep the paper's names and
+        numbers), else one named by :attr:`label`."""
+        own = [r for r in self.rows if r.encoder == encoder and PAPER_ENCODERS.get(encoder) == encoder_name]
+        return own[0] if own else TableRow(encoder, self.label.format(encoder=encoder_name, name=self.name))
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (
+
+# The built-in methods; lare.compare.registry adds the methods of their own modules after them.
+BUILTIN: tuple[Method, ...] = (
     Method("zero-shot", run_zero_shot, needs=frozenset({"class_text"}), encoders_param="baseline_encoders",
+           label="{encoder} (zero-shot)",
            rows=(TableRow("clip", "CLIP (zero-shot)", ((63.27, None), (54.71, None))),
                  TableRow("coca", "CoCa (zero-shot)", ((73.63, None), (65.05, None))))),
     Method("linear-probe", run_linear_probe, sections=("probe",), config=lambda probe: probe,
-           encoders_param="baseline_encoders", run_trials=trials_linear_probe,
+           encoders_param="baseline_encoders", run_trials=trials_linear_probe, label="{encoder} (linear probe)",
            rows=(TableRow("clip", "CLIP (fine-tuning)", ((86.39, 0.03), (64.40, 0.16))),
-                 TableRow("coca", "CoCa (fine-tuning)", ((86.98, 0.16), (71.56, 0.12))))),
+                 TableRow("coca", "CoCa (fine-tuning)", ((86.98, 0.16), (71.56, 0.12)))),
+           space=PROBE),
     Method("lads", run_lads, sections=("lads", "probe"), config=LADSMethodConfig,
            needs=frozenset({"class_text", "domain_prompts", "full_training_set"}), encoders_param="lads_encoders",
-           run_trials=trials_lads,
+           run_trials=trials_lads, label="LADS on {encoder}",
            rows=(TableRow("clip", "LADS", ((86.31, 0.15), (65.90, 0.15))),
-                 TableRow("coca", "LADS on CoCa features (addition)"))),
+                 TableRow("coca", "LADS on CoCa features (addition)")),
+           space={**PROBE, "lads.domain_weight": Space("uniform", 0.1, 0.9)}),
     Method("lare", run_lare, sections=("box", "sampling", "probe"), config=LAREConfig,
            needs=frozenset({"class_text", "boxes"}), encoders_param="lare_encoders", run_trials=trials_lare,
+           label="LARE on {encoder}",
            rows=(TableRow("coca", "LARE", ((87.01, 0.04), (72.98, 0.16))),
-                 TableRow("clip", "LARE on CLIP features (addition)"))),
+                 TableRow("clip", "LARE on CLIP features (addition)")),
+           # box.scale: the class-consistency temperature
+           space={**PROBE, "box.alpha": Space("uniform", 0.1, 0.9), **SAMPLES_PER_ITEM,
+                  "box.scale": Space("log", 1.0, 100.0)}),  # around trial 0's 1
     Method("linear-probe-lbfgs", run_reference_probe, sections=("reference",), config=lambda reference: reference,
-           encoders_param="baseline_encoders",
-           rows=(TableRow("clip", "CLIP (linear probe, L-BFGS)"), TableRow("coca", "CoCa (linear probe, L-BFGS)"))),
-)}
-
-
-def table1_rows() -> list[tuple[str, TableRow]]:
-    """(method, row) in Table 1 order: the paper's rows in registry order, then our additions."""
-    rows = [(m.name, r) for m in REGISTRY.values() for r in m.rows]
-    return [x for x in rows if not x[1].addition] + [x for x in rows if x[1].addition]
-
-
-def get(name: str) -> Method:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}")
-    return REGISTRY[name]
+           encoders_param="baseline_encoders", label="{encoder} (linear probe, L-BFGS)"),
+)

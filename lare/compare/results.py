@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lare.compare.methods import table1_rows
+from lare.compare.registry import encoder_name, table1_rows
 from lare.compare.stats import paired_interval
 from lare.provenance import code_fingerprint, code_state, git_commit, package_versions
 from lare.utils import atomic_path, hash_config
@@ -208,11 +208,22 @@ PAPER_TABLE1 = {row.label: row.paper for _, row in table1_rows() if row.paper}  
 DOMAINS = (("in_domain", "In-domain"), ("out_of_domain", "Out-of-domain"))
 
 
-def table1(agg: pd.DataFrame, dataset: str, *, with_paper: bool = False) -> pd.DataFrame:
-    """Table 1 from the aggregated CSV: one row per method, mean and std per domain (full shots)."""
+def table_encoders(encoders_found, names: dict[str, str] | None = None) -> dict[str, str]:
+    """The encoders of a table, key -> display name: those of ``names`` (a run's, in its order) that
+    have results, then any other with results (sorted), named by :func:`lare.compare.registry.encoder_name`."""
+    found = set(encoders_found)
+    names = names or {}
+    return {**{k: v for k, v in names.items() if k in found},
+            **{k: encoder_name(k) for k in sorted(found) if k not in names}}
+
+
+def table1(agg: pd.DataFrame, dataset: str, *, with_paper: bool = False, encoders: dict[str, str] | None = None) -> pd.DataFrame:
+    """Table 1 from the aggregated CSV: one row per (method, encoder) with results, mean and std per
+    domain (full shots). ``encoders``: display names by encoder key, in the order wanted (default:
+    the paper's names of clip and coca, other keys as themselves)."""
     sub = agg[(agg["dataset"] == dataset) & (agg["shots"] == FULL_SHOTS)]
     out = []
-    for method, spec in table1_rows():
+    for method, spec in table1_rows(table_encoders(sub["encoder"], encoders)):
         enc, label = spec.encoder, spec.label
         row = {"method": label}
         found = False

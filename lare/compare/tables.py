@@ -1,7 +1,7 @@
 """The arXiv benchmarks' tables, read from the result rows: DomainNet per target domain, and
 CIFAR-100-LT with balanced and head / medium / tail accuracy.
 
-Each is one row per (method, encoder) in Table 1's order (:func:`lare.compare.methods.table1_rows`), mean ±
+Each is one row per (method, encoder) in Table 1's order (:func:`lare.compare.registry.table1_rows`), mean ±
 std over seeds of the full training set (shots 0), written as CSV (numbers) and Markdown.
 """
 
@@ -11,19 +11,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from lare.compare.methods import OOD_PREFIX, OUT_OF_DOMAIN, table1_rows
-from lare.compare.results import FULL_SHOTS, markdown_table, write_csv
-from lare.data.catalog import PROTOCOLS
+from lare.compare.methods import OOD_PREFIX, OUT_OF_DOMAIN
+from lare.compare.registry import table1_rows
+from lare.compare.results import FULL_SHOTS, markdown_table, table_encoders, write_csv
+from lare.data.catalog import DATASETS
 from lare.data.longtail import GROUPS
 from lare.utils import atomic_path
 
 
-def metric_table(rows: list[dict], dataset: str, columns: list[tuple[str, str, str]]) -> pd.DataFrame:
+def metric_table(rows: list[dict], dataset: str, columns: list[tuple[str, str, str]],
+                 encoders: dict[str, str] | None = None) -> pd.DataFrame:
     """Per (method, encoder) of Table 1 with results on ``dataset``: for each ``(domain, metric,
-    label)`` the mean and std over seeds (``label mean``, ``label std``) and the number of seeds."""
+    label)`` the mean and std over seeds (``label mean``, ``label std``) and the number of seeds.
+    ``encoders``: display names by encoder key (see :func:`lare.compare.results.table_encoders`)."""
     df = pd.DataFrame([r for r in rows if r["dataset"] == dataset and r["shots"] == FULL_SHOTS])
     out = []
-    for method, spec in table1_rows():
+    for method, spec in table1_rows(table_encoders(df["encoder"] if len(df) else [], encoders)):
         sub = df[(df["method"] == method) & (df["encoder"] == spec.encoder)] if len(df) else df
         if not len(sub):
             continue
@@ -58,10 +61,10 @@ def target_domains(rows: list[dict], dataset: str) -> list[str]:
     return sorted({r["domain"] for r in rows if r["dataset"] == dataset and r["domain"].startswith(OOD_PREFIX)})
 
 
-def arxiv_tables(rows: list[dict], folder: str | Path, note: str = "") -> dict[str, Path]:
+def arxiv_tables(rows: list[dict], folder: str | Path, note: str = "", encoders: dict[str, str] | None = None) -> dict[str, Path]:
     """Every arXiv benchmark table the results allow: per target domain for a dataset with several
     (``table_<dataset>_domains``), and one CIFAR-100-LT table over its imbalance factors
-    (``table_longtail``)."""
+    (``table_longtail``). ``encoders``: display names by encoder key."""
     paths: dict[str, Path] = {}
     datasets = sorted({r["dataset"] for r in rows})
     for ds in datasets:
@@ -70,20 +73,20 @@ def arxiv_tables(rows: list[dict], folder: str | Path, note: str = "") -> dict[s
             continue
         cols = [("in_domain", "top1", "In-domain"), *((d, "top1", d[len(OOD_PREFIX):]) for d in targets),
                 (OUT_OF_DOMAIN, "top1", "Out-of-domain (mean)")]
-        t = metric_table(rows, ds, cols)
+        t = metric_table(rows, ds, cols, encoders)
         if not t.empty:
             paths.update({f"{ds}_{k}": v for k, v in write_metric_table(
                 t, cols, folder, f"table_{ds}_domains",
                 f"{ds}: top-1 accuracy (%) per target domain and their mean, mean ± std over seeds{note}").items()})
-    lt = [ds for ds in datasets if PROTOCOLS.get(ds) is not None and PROTOCOLS[ds].imbalance]
+    lt = [ds for ds in datasets if DATASETS.get(ds) is not None and DATASETS[ds].imbalance]
     if lt:
         cols = [("in_domain", "top1", "Top-1"), ("in_domain", "balanced_acc", "Balanced"),
                 *(("in_domain", g, g.capitalize()) for g in GROUPS)]
         parts = []
-        for ds in sorted(lt, key=lambda d: -PROTOCOLS[d].imbalance):
-            t = metric_table(rows, ds, cols)
+        for ds in sorted(lt, key=lambda d: -DATASETS[d].imbalance):
+            t = metric_table(rows, ds, cols, encoders)
             if not t.empty:
-                parts.append(t.assign(method=[f"{m} (IF {PROTOCOLS[ds].imbalance})" for m in t["method"]]))
+                parts.append(t.assign(method=[f"{m} (IF {DATASETS[ds].imbalance})" for m in t["method"]]))
         if parts:
             paths.update({f"longtail_{k}": v for k, v in write_metric_table(
                 pd.concat(parts, ignore_index=True), cols, folder, "table_longtail",

@@ -28,6 +28,7 @@ from lare.utils import hash_config, resolve_device, sha256_file
 PRECISIONS = ("fp32", "bf16", "fp16")
 TINY_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 NO_WEIGHTS = ("none", "", None)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")  # a 'pretrained' naming a local weights file
 
 
 class EncoderError(ValueError):
@@ -88,7 +89,7 @@ def check_pretrained(model_name: str, pretrained: str | None) -> str | None:
     pretrained = str(pretrained)
     if pretrained.startswith("hf-hub:") or os.path.isfile(pretrained) or model_name.startswith("hf-hub:"):
         return pretrained
-    if pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")) or os.sep in pretrained:
+    if pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained:
         raise EncoderError(f"pretrained checkpoint file {pretrained!r} does not exist")
     tags = _open_clip().list_pretrained_tags_by_model(model_name)
     if pretrained not in tags:

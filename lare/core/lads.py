@@ -10,6 +10,9 @@
 - total ``w * domain + (1 - w) * class`` (LADS: w = 0.5).
 
 The probe is then trained on the originals plus one normalised augmentation per image.
+
+:func:`train_lads_trials` trains a search's augmenters (differing in ``domain_weight``) together
+through the one loop of :mod:`lare.core.train`; :func:`train_lads`, one run, is its one-trial case.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lare.core.train import LOSS_REL_TOL, EarlyStop, TrainingConfig, check_xy, effective_epochs, minimise, seeded_init
+from lare.core.train import TrainingConfig, check_shared, check_xy, seeded_init, train_stacked
 from lare.utils import resolve_device
 
 
@@ -44,8 +47,9 @@ def domain_directions(source_text: torch.Tensor, target_text: torch.Tensor) -> t
 
 def domain_alignment_loss(x: torch.Tensor, aug: torch.Tensor, directions: torch.Tensor,
                           labels: torch.Tensor) -> torch.Tensor:
-    """Mean over items of ``1 - cos(aug - x, dT(y))``."""
-    return (1 - F.cosine_similarity(aug - x, directions[labels], dim=-1)).mean()
+    """Mean over items of ``1 - cos(aug - x, dT(y))``: ``aug`` (n, d) gives a scalar, (N, n, d)
+    (N trials' augmentations of the same ``x``) one value per trial."""
+    return (1 - F.cosine_similarity(aug - x, directions[labels], dim=-1)).mean(-1)
 
 
 def inverse_frequency_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -99,39 +103,51 @@ class LADSResult:
         return F.normalize(out, dim=-1) if normalize else out
 
 
-def _lads_terms(model, x, y, source_text, directions, weights, cfg):
-    aug = model(x)
-    dom = domain_alignment_loss(x, aug, directions, y)
-    cls = lads_class_consistency_loss(aug, source_text, y, weights)
-    return {"domain": dom, "class": cls, "total": cfg.domain_weight * dom + (1 - cfg.domain_weight) * cls}
+def train_lads_trials(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.Tensor,
+                      target_text: torch.Tensor, configs: list[LADSConfig], *, val_x: torch.Tensor | None = None,
+                      val_y: torch.Tensor | None = None, device: str | torch.device | None = None,
+                      progress: bool = False) -> list[LADSResult]:
+    """The LADS augmenter for each config, trained together (:func:`lare.core.train.minimise`); the
+    configs may differ in ``domain_weight`` only. ``target_text``: one prompt embedding per class of
+    the domain to augment towards."""
+    check_shared(configs, {"domain_weight"})
+    cfg, dev = configs[0], resolve_device(device)
+    check_xy(train_x, train_y, source_text, "train")
+    # float32 even for bf16 training (unlike f_Box and the probe): the alignment loss uses x itself,
+    # not only through a matrix product, so autocast casts it where it is multiplied and nowhere else
+    x, y = train_x.to(dev, torch.float32), train_y.to(dev)
+    src = source_text.to(dev, torch.float32)
+    dirs = domain_directions(src, target_text.to(dev, torch.float32))
+    weights = inverse_frequency_weights(y, src.shape[0])
+    val = None
+    if val_x is not None and val_y is not None and len(val_x) > 0:
+        check_xy(val_x, val_y, source_text, "validation")
+        val = (val_x.to(dev, torch.float32), val_y.to(dev))
+    nets = [seeded_init(lambda: LADSAugmenter(x.shape[1]), cfg.seed) for _ in configs]
+    # the loss weights formed in float64 and cast once, as Python floats are
+    w64 = torch.tensor([c.domain_weight for c in configs], dtype=torch.float64)
+    w_dom, w_cls = w64.to(dev, torch.float32), (1 - w64).to(dev, torch.float32)
+
+    def terms(aug, bx, by, rows):  # aug: (N, b, d), N the running trials
+        wd, wc = (w_dom, w_cls) if rows is None else (w_dom[rows], w_cls[rows])
+        dom = domain_alignment_loss(bx, aug, dirs, by)
+        # the class-weighted cross-entropy one trial at a time: its weighted mean then sums in the
+        # order of a trial trained alone, so a trial's numbers do not depend on the others
+        cls = torch.stack([lads_class_consistency_loss(a, src, by, weights) for a in aug])
+        return {"domain": dom, "class": cls, "total": wd * dom + wc * cls}
+
+    runs = train_stacked([m.net for m in nets], nn.ReLU(), terms, x, y, val=val, cfg=cfg, desc="LADS",
+                         progress=progress, inputs={"source_text": src, "target_text": target_text})
+    return [LADSResult(model=m.to(dev).eval(), config=c, best_epoch=r.best_epoch, history=r.history,
+                       stopped_by=r.stopped_by) for m, c, r in zip(nets, configs, runs, strict=True)]
 
 
 def train_lads(train_x: torch.Tensor, train_y: torch.Tensor, source_text: torch.Tensor,
                target_text: torch.Tensor, config: LADSConfig | None = None, *,
                val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
                device: str | torch.device | None = None, progress: bool = True) -> LADSResult:
-    """Train ``f_aug`` towards the domain described by ``target_text`` (one prompt embedding per class)."""
-    cfg = config or LADSConfig()
-    dev = resolve_device(device)
-    check_xy(train_x, train_y, source_text, "train")
-    num_classes = source_text.shape[0]
-    # float32 even for bf16 training (unlike f_Box and the probe): the alignment loss uses x itself,
-    # not only through a matrix product, so autocast casts it where it is multiplied and nowhere else
-    x, y = train_x.to(dev, torch.float32), train_y.to(dev)
-    src = source_text.to(dev, torch.float32)
-    dirs = domain_directions(src, target_text.to(dev, torch.float32))
-    weights = inverse_frequency_weights(y, num_classes)
-    has_val = val_x is not None and val_y is not None and len(val_x) > 0
-    if has_val:
-        vx, vy = val_x.to(dev, torch.float32), val_y.to(dev)
-
-    model = seeded_init(lambda: LADSAugmenter(x.shape[1]), cfg.seed).to(dev)
-    early = EarlyStop(cfg.patience, cfg.min_steps, rel_tol=LOSS_REL_TOL)
-    best_epoch, history = minimise(
-        model, lambda bx, by: _lads_terms(model, bx, by, src, dirs, weights, cfg), x, y,
-        val=(vx, vy) if has_val else None,
-        epochs=effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps),
-        batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, precision=cfg.precision, desc="LADS", progress=progress,
-        early=early, inputs={"source_text": src, "target_text": target_text})
-    return LADSResult(model=model, config=cfg, best_epoch=best_epoch, history=history, stopped_by=early.stopped_by)
+    """Train ``f_aug`` towards the domain described by ``target_text`` (one prompt embedding per class):
+    the one-trial case of :func:`train_lads_trials`."""
+    (res,) = train_lads_trials(train_x, train_y, source_text, target_text, [config or LADSConfig()], val_x=val_x,
+                               val_y=val_y, device=device, progress=progress)
+    return res

@@ -1,9 +1,13 @@
 """N linear maps held as one tensor: their logits, predictions and metrics, the cross-entropy and
-its gradients written out, and one AdamW step of all N at once (what :mod:`lare.core.trials` trains with).
+its gradients written out, and one AdamW step of all N at once (what the probe's trainer,
+:func:`lare.core.probe.train_probe_trials`, trains with).
 
 The parameters of N maps ``R^d -> R^C`` are one (d + 1, N, C) tensor ``theta``: rows :d the
 weights, row d the biases. With inputs every map shares, the N maps are one (d + 1, N C) matrix,
-so a step is two plain matrix products; with per-map inputs, batched products.
+so a step is two plain matrix products; with per-map inputs, batched products. The products take
+the inputs' dtype (bfloat16 inputs: bfloat16 operands, as autocast computes a linear layer); the
+parameters, the softmax and the gradients returned are float32 (for float32 inputs every cast
+below is a no-op).
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.AdamW's defaults, as make_op
 
 
 def batched_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Logits of N linear maps on per-trial inputs: x (N, b, d), weight (N, d, C), bias (N, C) -> (N, b, C)."""
-    return torch.baddbmm(bias.unsqueeze(1), x, weight)
+    """Logits of N linear maps on per-trial inputs: x (N, b, d), weight (N, d, C), bias (N, C) -> (N, b, C), in x's dtype."""
+    return torch.baddbmm(bias.to(x.dtype).unsqueeze(1), x, weight.to(x.dtype))
 
 
 def batched_predict(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Predicted labels (N, n) of N linear maps on shared inputs x (n, d), ``chunk`` rows at a time."""
     trials, d, c = weight.shape
     # Shared inputs: one (n, d) x (d, N C) product instead of N products on copies of x.
-    w, b = weight.permute(1, 0, 2).reshape(d, trials * c), bias.reshape(1, trials * c)
+    w, b = weight.permute(1, 0, 2).reshape(d, trials * c).to(x.dtype), bias.reshape(1, trials * c).to(x.dtype)
     return torch.cat([torch.addmm(b, part, w).view(-1, trials, c).argmax(-1).T for part in x.split(chunk)], dim=1)
 
 
@@ -30,7 +34,7 @@ def batched_metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     """:func:`lare.core.probe.metrics` for N prediction rows at once: pred (N, n), labels (n,) -> (N,) each, in %.
 
     Balanced accuracy: mean recall over the classes present in ``labels``, in float64 (equal values
-    reached with different per-class hits may differ in the last bits: compare with :data:`lare.core.trials.TIE_TOL`)."""
+    reached with different per-class hits may differ in the last bits: compare with :data:`lare.core.train.SCORE_TIE_TOL`)."""
     if labels.numel() == 0:
         raise ValueError("cannot compute accuracy on an empty set")
     correct = (pred == labels).to(torch.float64)
@@ -43,8 +47,8 @@ def batched_metrics(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 def nll_grads(logits: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row cross-entropy of the labels ``index`` (logits' shape with a last dimension of 1) and its
-    gradient in the logits, softmax minus one-hot (written into the log-softmax's buffer)."""
-    logp = logits.log_softmax(-1)
+    gradient in the logits, softmax minus one-hot (written into the log-softmax's buffer), in float32."""
+    logp = logits.float().log_softmax(-1)
     nll = -logp.gather(-1, index).squeeze(-1)
     dlogits = logp.exp_()
     dlogits.scatter_add_(-1, index, torch.full_like(dlogits[..., :1], -1.0))
@@ -59,7 +63,7 @@ def cross_entropy_grads(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
     gives per trial, without building a graph per step."""
     nll, dlogits = nll_grads(batched_logits(x, weight, bias), y.unsqueeze(-1))
     dlogits /= x.shape[1]
-    return nll.mean(1), torch.bmm(x.transpose(1, 2), dlogits), dlogits.sum(1)
+    return nll.mean(1), torch.bmm(x.transpose(1, 2), dlogits.to(x.dtype)).float(), dlogits.sum(1)
 
 
 def shared_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +72,9 @@ def shared_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, theta: torch.T
     so the N maps are one (d + 1, N C) matrix and a step is two plain matrix products, the second
     giving the weight and bias gradients at once in theta's layout. Returns loss (N,), grad like theta."""
     rows, trials, c = theta.shape
-    nll, dlogits = nll_grads((x1 @ theta.view(rows, trials * c)).view(-1, trials, c), y.view(-1, 1, 1).expand(-1, trials, 1))
-    grad = (x1.T @ dlogits.view(-1, trials * c)).div_(x1.shape[0])  # (d + 1, N C): the mean over b
+    maps = theta.to(x1.dtype).view(rows, trials * c)
+    nll, dlogits = nll_grads((x1 @ maps).view(-1, trials, c), y.view(-1, 1, 1).expand(-1, trials, 1))
+    grad = (x1.T @ dlogits.to(x1.dtype).view(-1, trials * c)).float().div_(x1.shape[0])  # (d + 1, N C): the mean over b
     return nll.mean(0), grad.view(rows, trials, c)
 
 
@@ -81,11 +86,12 @@ def split_cross_entropy_grads(x1: torch.Tensor, y: torch.Tensor, ax: torch.Tenso
     product for the extras). Returns loss (N,), grad like theta (d + 1, N, C)."""
     rows, trials, c = theta.shape
     count = x1.shape[0] + ax.shape[1]
-    nll, dlogits = nll_grads((x1 @ theta.view(rows, trials * c)).view(-1, trials, c), y.view(-1, 1, 1).expand(-1, trials, 1))
+    nll, dlogits = nll_grads((x1 @ theta.to(x1.dtype).view(rows, trials * c)).view(-1, trials, c),
+                             y.view(-1, 1, 1).expand(-1, trials, 1))
     nll_extra, dlogits_extra = nll_grads(batched_logits(ax, theta[:-1].permute(1, 0, 2), theta[-1]), ay.unsqueeze(-1))
     loss = (nll.sum(0) + nll_extra.sum(1)) / count
-    grad = (x1.T @ dlogits.view(-1, trials * c)).view(rows, trials, c)
-    grad[:-1] += torch.bmm(ax.transpose(1, 2), dlogits_extra).permute(1, 0, 2)
+    grad = (x1.T @ dlogits.to(x1.dtype).view(-1, trials * c)).float().view(rows, trials, c)
+    grad[:-1] += torch.bmm(ax.transpose(1, 2), dlogits_extra.to(ax.dtype)).float().permute(1, 0, 2)
     grad[-1] += dlogits_extra.sum(1)
     return loss, grad.div_(count)
 

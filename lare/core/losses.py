@@ -123,36 +123,26 @@ def _check_forms(corners: str, volume: str, reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def lare_loss_terms_fused(out: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *, corners: str,
-                          alpha: float, scale: float = 1.0, reduction: str = "mean", volume: str = "dot",
-                          eps: float = 1e-6) -> dict[str, torch.Tensor]:
-    """The terms of :func:`lare_loss_terms` straight from f_Box's raw output, with a hand-written backward.
+def lare_loss_terms_trials(out: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *, corners: str,
+                           alpha: torch.Tensor, scale: torch.Tensor, reduction: str = "mean", volume: str = "dot",
+                           eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """The terms of :func:`lare_loss_terms` for N f_Box trials straight from their raw outputs, with a
+    hand-written backward: what :func:`lare.core.box.train_box_trials` (and so ``train_box``, N = 1)
+    minimises; the literal functions above stay the reference.
 
-    Same values as ``lare_loss_terms(*corners_of(out, corners), ...)`` and the same gradients
-    (``tests/test_losses.py`` checks both in float64 for every corner, volume and reduction form),
-    in about half the memory passes: the corners, the three cross-entropies and the volume term are
-    one autograd node, and the centre's logits are the mean of the corners' logits (the dot
-    product is linear, so this is Eq. (4) exactly, with one matrix product fewer). This is what
-    :func:`lare.core.box.train_box` minimises; the literal functions above stay the reference.
+    ``out`` (N, b, 2d): trial i's f_Box on the same batch; ``labels`` (b,); ``alpha`` and ``scale``
+    (N,). Every term is (N,), trial i's being ``lare_loss_terms(*corners_of(out[i], corners), ...)``
+    with ``alpha[i]``, ``scale[i]``, with the same gradients (``tests/test_losses.py`` checks both in
+    float64 for every corner, volume and reduction form), in about half the memory passes: the
+    corners, the three cross-entropies and the volume term are one autograd node, and the centre's
+    logits are the mean of the corners' logits (the dot product is linear, so this is Eq. (4)
+    exactly, with one matrix product fewer).
 
     Matrix products run in ``out``'s dtype (bfloat16 under autocast); softmaxes, norms and
     reductions in float32 (or float64 for float64 input). One edge differs from autograd: a
     corner with L2 norm under 1e-12 in the ``dot_normalized`` form gets the gradient of the
     unclamped norm.
     """
-    check_alpha(alpha)
-    _check_forms(corners, volume, reduction)
-    terms = _FusedBoxLoss.apply(out.unsqueeze(0), class_text, labels.unsqueeze(0), corners, volume, reduction,
-                                torch.tensor([float(scale)], dtype=torch.float64), float(eps))
-    return _with_total(*(t[0] for t in terms), alpha)
-
-
-def lare_loss_terms_trials(out: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, *, corners: str,
-                           alpha: torch.Tensor, scale: torch.Tensor, reduction: str = "mean", volume: str = "dot",
-                           eps: float = 1e-6) -> dict[str, torch.Tensor]:
-    """:func:`lare_loss_terms_fused` for N trials at once: ``out`` (N, b, 2d) (trial i's f_Box on the
-    same batch), ``labels`` (b,), ``alpha`` and ``scale`` (N,); every term (N,), trial i's value
-    being what :func:`lare_loss_terms_fused` gives for ``out[i]``, ``alpha[i]``, ``scale[i]``."""
     if out.dim() != 3 or alpha.shape != (out.shape[0],) or scale.shape != (out.shape[0],):
         raise ValueError(f"out must be (N, b, 2d) with alpha and scale (N,), got {tuple(out.shape)}, "
                          f"{tuple(alpha.shape)}, {tuple(scale.shape)}")

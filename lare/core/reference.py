@@ -3,7 +3,7 @@
 This is the CLIP paper's linear-probe protocol (Radford et al. 2021, appendix A.3: scikit-learn's
 L-BFGS logistic regression, the L2 strength chosen by a sweep on a validation split), written in
 torch: a deterministic, tuned baseline that does not depend on learning rates, epochs or batch
-order, against which SGD-style probes (:mod:`lare.core.trials`) can be checked.
+order, against which SGD-style probes (:func:`lare.core.probe.train_probe_trials`) can be checked.
 
 The objective is ``mean cross-entropy + (l2 / 2) * ||W||^2`` (the bias is not penalised), solved
 with full-batch L-BFGS and a strong-Wolfe line search from a zero start, in float64 by default

@@ -1,19 +1,28 @@
-"""The one training loop shared by f_Box and LADS: minimise a dict of loss terms on tensors.
+"""The one training loop of f_Box and the LADS augmenter, and the settings every trainer shares.
 
-Tensors stay on the device; batches are index slices of a seeded permutation (no DataLoader,
-no per-sample Python). The epoch with the lowest validation ``total`` is kept (the first on ties; a
-NaN loss never; the last epoch when there is no validation split).
+:func:`minimise` trains N trials of a two-layer network at once (N = 1: a single run; N > 1: a
+search's trials, which share the data, the seed and the optimiser settings and differ in loss
+weights). Their networks are stacked into ``(N, ...)`` weight tensors (:class:`StackedMLP`), so a
+step is one batched product; the loss is the sum of the trials' losses, whose gradients do not mix,
+and AdamW is element-wise, so trial i takes the steps it would take alone, up to the rounding of
+batched products. Tensors stay on the device; batches are index slices of a seeded permutation (no
+DataLoader, no per-sample Python). Each trial keeps the epoch with the lowest validation ``total``
+(the first on ties; a NaN loss never; the last epoch when there is no validation split) and stops on
+its own patience (:class:`EarlyStop`).
 
 ``precision="bf16"`` runs the forward pass under bfloat16 autocast (about twice the matrix
 throughput of float32 on CPUs with AVX512-BF16 or AMX and on recent GPUs); weights, the AdamW
 state and the loss reductions stay float32. It changes the numbers slightly, so it is a recorded
 setting of every config, never switched on behind the user's back.
+
+Also here: :class:`TrainingConfig` (the optimisation settings of f_Box, LADS and the probe), the
+epoch bounds (:func:`effective_epochs`), seeded initialisation, the library's rule for choosing
+among trials (:func:`first_best`) and the message of a diverged training (:func:`diverged_message`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -25,7 +34,9 @@ from tqdm.auto import tqdm
 
 from lare.utils import make_generator, nonfinite
 
-TermsFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+# terms(out, x, y, rows) -> {name: (n_rows,)}: the loss terms of the trials in ``rows`` (None: all),
+# ``out`` (n_rows, b, out_dim) being their networks' outputs on the batch ``x`` with labels ``y``
+TermsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -203,56 +214,147 @@ def diverged_message(what: str, inputs: dict[str, torch.Tensor]) -> str:
             f"({', '.join(inputs)}): lower the learning rate or the logit scale")
 
 
-def minimise(model: nn.Module, terms: TermsFn, x: torch.Tensor, y: torch.Tensor, *,
-             val: tuple[torch.Tensor, torch.Tensor] | None, epochs: int, batch_size: int, lr: float,
-             weight_decay: float, seed: int, desc: str, progress: bool,
-             precision: str = "fp32", early: EarlyStop | None = None,
-             inputs: dict[str, torch.Tensor] | None = None) -> tuple[int, list[dict]]:
-    """AdamW on ``terms(x_batch, y_batch)["total"]``; loads the best epoch's weights into ``model``.
+class StackedMLP(nn.Module):
+    """N two-layer networks ``Linear(d, h) -> act -> Linear(h, out)`` as (N, ...) weight tensors,
+    each starting from the weights of the ``nn.Sequential`` it is built from."""
 
-    Returns ``(best_epoch, history)``; ``history`` has per epoch the mean training terms
-    (``train_*``) and the validation terms (``val_*``). ``early`` stops on the validation loss.
-    ``inputs``: the tensors ``terms`` reads besides ``x`` (class text...), checked for non-finite
-    values when no epoch gives a finite validation loss (:class:`TrainingDiverged`).
+    def __init__(self, nets: list[nn.Sequential], activation: nn.Module):
+        super().__init__()
+        first, last = [n[0] for n in nets], [n[2] for n in nets]
+        self.w1 = nn.Parameter(torch.stack([m.weight.detach().T for m in first]).contiguous())
+        self.b1 = nn.Parameter(torch.stack([m.bias.detach() for m in first]).unsqueeze(1).contiguous())
+        self.w2 = nn.Parameter(torch.stack([m.weight.detach().T for m in last]).contiguous())
+        self.b2 = nn.Parameter(torch.stack([m.bias.detach() for m in last]).unsqueeze(1).contiguous())
+        self.act = activation
+
+    @property
+    def trials(self) -> int:
+        return self.w1.shape[0]
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: (b, d) shared by the trials, or (n, b, d); returns (n, b, out). ``rows``: the trials to
+        run (None: all), so trials that have stopped cost nothing."""
+        w1, b1, w2, b2 = (self.w1, self.b1, self.w2, self.b2) if rows is None else \
+            (p[rows] for p in (self.w1, self.b1, self.w2, self.b2))
+        if x.dim() == 2:
+            x = x.expand(w1.shape[0], *x.shape)
+        return torch.baddbmm(b2, self.act(torch.baddbmm(b1, x, w1)), w2)
+
+
+@torch.no_grad()
+def load_trial(net: nn.Sequential, state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """One trial's slice of a :class:`StackedMLP` state (``w1``, ``b1``, ``w2``, ``b2``) copied into
+    ``net``, the single network's layout."""
+    net[0].weight.copy_(state["w1"].T)
+    net[0].bias.copy_(state["b1"][0])
+    net[2].weight.copy_(state["w2"].T)
+    net[2].bias.copy_(state["b2"][0])
+    return net
+
+
+def differing(configs: list, varying: set[str]) -> list[str]:
+    """The fields besides ``varying`` in which the configs (dataclasses) differ from the first."""
+    base = dataclasses.asdict(configs[0])
+    return sorted({k for c in configs[1:] for k, v in dataclasses.asdict(c).items() if k not in varying and v != base[k]})
+
+
+def check_shared(configs: list, varying: set[str]) -> None:
+    """Trials trained together share every setting but the loss weights ``varying``."""
+    if not configs:
+        raise ValueError("no trials given")
+    if diff := differing(configs, varying):
+        raise ValueError(f"trials trained together may differ only in {sorted(varying)}; these differ too: {diff}")
+
+
+@dataclass
+class TrialRun:
+    """How one trial of :func:`minimise` went: its best epoch's weights (its slice of the
+    :class:`StackedMLP` state), that epoch, what ended it (``budget`` or ``patience``) and its
+    per-epoch history (``epoch``, ``train_*`` and ``val_*`` terms)."""
+
+    state: dict[str, torch.Tensor]
+    best_epoch: int
+    stopped_by: str
+    history: list[dict]
+
+
+def minimise(model: StackedMLP, terms: TermsFn, x: torch.Tensor, y: torch.Tensor, *,
+             val: tuple[torch.Tensor, torch.Tensor] | None, cfg: TrainingConfig, desc: str, progress: bool = False,
+             inputs: dict[str, torch.Tensor] | None = None) -> list[TrialRun]:
+    """AdamW (``cfg``'s settings) on the sum of the trials' ``terms(...)["total"]``; one
+    :class:`TrialRun` per trial of ``model``.
+
+    Per trial the best epoch by validation total (the first on ties, a NaN total never; without
+    ``val`` the last epoch), kept until its patience runs out (``cfg.patience``, 0: every epoch). A
+    stopped trial is no longer computed (its parameters drift under weight decay, but its best state
+    is already kept); the loop ends when all have stopped. ``desc``: the progress bar's label and
+    the name in errors. ``inputs``: the tensors ``terms`` reads besides ``x`` (class text...),
+    checked for non-finite values when a trial gives no finite validation loss
+    (:class:`TrainingDiverged`).
     """
-    steps = 0
-    opt = make_optimizer(model.parameters(), lr, weight_decay, x.device)
-    gen = make_generator(seed, "cpu")
-    history, best, best_epoch, best_state = [], float("inf"), -1, None
+    dev, n = x.device, model.trials
+    opt = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, dev)
+    gen = make_generator(cfg.seed, "cpu")
+    epochs = effective_epochs(cfg.epochs, len(x), cfg.batch_size, cfg.min_steps, cfg.max_steps)
+    best, best_epoch, states = [math.inf] * n, [-1] * n, [None] * n
+    history: list[list[dict]] = [[] for _ in range(n)]
+    early = [EarlyStop(cfg.patience, cfg.min_steps, rel_tol=LOSS_REL_TOL) for _ in range(n)]
+    active, steps = [True] * n, 0
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
+        running = [i for i in range(n) if active[i]]
+        rows = None if len(running) == n else torch.tensor(running, device=dev)
         model.train()
-        sums, count = {}, 0
-        for idx in batches(len(x), batch_size, gen, x.device):
-            with autocast(x.device, precision):
-                t = terms(x[idx], y[idx])
+        sums = None
+        for idx in batches(len(x), cfg.batch_size, gen, dev):
+            bx, by = x[idx], y[idx]
+            with autocast(dev, cfg.precision):
+                t = terms(model(bx, rows), bx, by, rows)
             opt.zero_grad(set_to_none=True)
-            t["total"].backward()
+            t["total"].sum().backward()
             opt.step()
-            for k, v in t.items():
-                sums[k] = sums.get(k, 0.0) + v.detach() * len(idx)
-            count += len(idx)
             steps += 1
-        row = {"epoch": epoch, **{f"train_{k}": (v / count).item() for k, v in sums.items()}}
+            part = {k: v.detach().float() * len(idx) for k, v in t.items()}
+            sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+        vt = None
         if val is not None:
             model.eval()
-            with torch.no_grad(), autocast(x.device, precision):
-                row.update({f"val_{k}": v.item() for k, v in terms(*val).items()})
-            score = row["val_total"]
-        else:
+            with torch.no_grad(), autocast(dev, cfg.precision):
+                vt = {k: v.float().cpu() for k, v in terms(model(val[0], rows), *val, rows).items()}
+        train = {k: (v / len(x)).cpu() for k, v in sums.items()}
+        for j, i in enumerate(running):  # j: the trial's place among this epoch's rows
+            row = {"epoch": epoch, **{f"train_{k}": float(v[j]) for k, v in train.items()}}
             score = -epoch  # no validation: the last epoch wins
-        history.append(row)
-        if score < best:
-            best, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{row['train_total']:.4f}")
-        if early is not None and val is not None and early.update(epoch, score, steps):
+            if vt is not None:
+                row.update({f"val_{k}": float(v[j]) for k, v in vt.items()})
+                score = row["val_total"]
+            history[i].append(row)
+            if score < best[i]:
+                best[i], best_epoch[i] = score, epoch
+                states[i] = {k: v.detach()[i].clone() for k, v in model.state_dict().items()}
+            if vt is not None and early[i].update(epoch, score, steps):
+                active[i] = False
+        bar.set_postfix(loss=f"{float(train['total'].min()):.4f}", **({"running": f"{len(running)}/{n}"} if n > 1 else {}))
+        if not any(active):
             break
-    if best_state is None:
+    if bad := [i for i in range(n) if states[i] is None]:
+        what = desc if n == 1 else f"{desc} (trial{'s' * (len(bad) > 1)} {', '.join(map(str, bad))} of {n}, numbered from 0)"
         seen = {"training embeddings": x, **({"validation embeddings": val[0]} if val is not None else {}), **(inputs or {})}
-        raise TrainingDiverged(diverged_message(desc, seen))
-    model.load_state_dict(best_state)
+        raise TrainingDiverged(diverged_message(what, seen))
     model.eval()
-    return best_epoch, history
+    return [TrialRun(states[i], best_epoch[i], early[i].stopped_by, history[i]) for i in range(n)]
+
+
+def train_stacked(nets: list[nn.Sequential], activation: nn.Module, terms: TermsFn, x: torch.Tensor,
+                  y: torch.Tensor, *, val: tuple[torch.Tensor, torch.Tensor] | None, cfg: TrainingConfig, desc: str,
+                  progress: bool = False, inputs: dict[str, torch.Tensor] | None = None) -> list[TrialRun]:
+    """Train ``nets`` (two-layer ``nn.Sequential``, one per trial) together by :func:`minimise` and
+    load each trial's best epoch into its own network (in place, on ``x``'s device, in eval mode)."""
+    runs = minimise(StackedMLP(nets, activation).to(x.device), terms, x, y, val=val, cfg=cfg, desc=desc,
+                    progress=progress, inputs=inputs)
+    for net, run in zip(nets, runs, strict=True):
+        load_trial(net.to(x.device), run.state).eval()
+    return runs
 
 
 def check_xy(x: torch.Tensor, y: torch.Tensor, class_text: torch.Tensor, name: str) -> None:

@@ -1,4 +1,4 @@
-"""The protocol datasets: what each needs under ``data_root`` and how its items are read.
+"""The catalog of benchmark datasets by name: what each needs under ``data_root`` and how its items are read.
 
 - ``cub``: train on CUB-200-2011's train photos; test on its test photos (in domain) and on
   CUB-200-Paintings (out of domain).
@@ -24,8 +24,8 @@ from lare.data.sources import CIFAR100, CUB, CUB_PAINTINGS, SOURCES, DatasetMiss
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """One protocol dataset: the sources it needs (checked by :meth:`problems`), a reader of its
+class DatasetEntry:
+    """One benchmark dataset: the sources it needs (checked by :meth:`problems`), a reader of its
     items, and for CIFAR-100-LT the imbalance factor of its training subsets (0: none)."""
 
     name: str
@@ -59,11 +59,11 @@ def _read_domainnet(root: Path, allow_download: bool):
     return items, names, None
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("cub", ("cub", "cub_paintings"), _read_cub),
-    Protocol("cifar100", ("cifar100",), _read_cifar100),
-    Protocol("domainnet", (), _read_domainnet, check=lambda root, dl: check_domainnet(root, allow_download=dl)),
-    *(Protocol(f"cifar100_lt{f}", ("cifar100",), _read_cifar100, imbalance=f, images_of="cifar100")
+DATASETS: dict[str, DatasetEntry] = {p.name: p for p in (
+    DatasetEntry("cub", ("cub", "cub_paintings"), _read_cub),
+    DatasetEntry("cifar100", ("cifar100",), _read_cifar100),
+    DatasetEntry("domainnet", (), _read_domainnet, check=lambda root, dl: check_domainnet(root, allow_download=dl)),
+    *(DatasetEntry(f"cifar100_lt{f}", ("cifar100",), _read_cifar100, imbalance=f, images_of="cifar100")
       for f in IMBALANCE_FACTORS),
 )}
 
@@ -71,25 +71,25 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 def cache_name(dataset: str) -> str:
     """The dataset name the embedding cache files its images under: CIFAR-100-LT's datasets embed
     CIFAR-100's images once, whatever subsets they then draw."""
-    return (PROTOCOLS[dataset].images_of or dataset) if dataset in PROTOCOLS else dataset
+    return (DATASETS[dataset].images_of or dataset) if dataset in DATASETS else dataset
 
 
 def imbalance_of(dataset: str) -> int:
     """The CIFAR-100-LT imbalance factor of a dataset's training subsets (0: the whole pool)."""
-    return PROTOCOLS[dataset].imbalance if dataset in PROTOCOLS else 0
+    return DATASETS[dataset].imbalance if dataset in DATASETS else 0
 
 
 def check_sources(dataset: str, data_root: str | Path, *, allow_download: bool) -> list[str]:
     """Every problem with the sources a protocol dataset needs (empty list: ready)."""
-    return PROTOCOLS[dataset].problems(data_root, allow_download=allow_download) if dataset in PROTOCOLS else []
+    return DATASETS[dataset].problems(data_root, allow_download=allow_download) if dataset in DATASETS else []
 
 
-def load_protocol(dataset: str, data_root: str | Path, *, allow_download: bool = True):
+def load_dataset(dataset: str, data_root: str | Path, *, allow_download: bool = True):
     """``(items by split, class names, loader or None)`` of a protocol dataset (see the table above)."""
-    if dataset not in PROTOCOLS:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(PROTOCOLS)}")
+    if dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     root = Path(data_root)
     problems = check_sources(dataset, root, allow_download=allow_download)
     if problems:
         raise DatasetMissingError("\n\n".join(problems))
-    return PROTOCOLS[dataset].read(root, allow_download)
+    return DATASETS[dataset].read(root, allow_download)

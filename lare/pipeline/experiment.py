@@ -2,7 +2,7 @@
 
 - :func:`train_boxes` (notebook 02): LARE's step 1, one f_Box per unit, saved in the run folder;
   a checkpoint trained with the same settings, embeddings and split is reused.
-- :func:`run_methods` (notebooks 03 and 04): every requested method of :data:`lare.compare.methods.REGISTRY`
+- :func:`run_methods` (notebooks 03 and 04): every requested method of :data:`lare.compare.registry.REGISTRY`
   on every unit it applies to, one result row per evaluation domain; rows already recorded with the
   same parameters are not computed again.
 - :func:`make_table1`, :func:`make_figure3` (notebooks 05 and 06): aggregation and outputs.
@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lare.compare.methods import OOD_PREFIX, REGISTRY, VALIDATION, EmbeddingSplits, Method, get
+from lare.compare.methods import OOD_PREFIX, VALIDATION, EmbeddingSplits, Method
+from lare.compare.registry import REGISTRY, encoder_name, encoder_names, get
 from lare.compare.results import (
     aggregate,
     append_rows,
@@ -33,7 +34,7 @@ from lare.compare.results import (
     write_table1,
 )
 from lare.compare.search import configs_of, protocol_sections, run_trials, select, trials_of
-from lare.compare.space import HPARAMS
+from lare.compare.space import describe
 from lare.compare.tables import arxiv_tables
 from lare.core.box import BoxTrainResult, load_box, save_box, train_box
 from lare.core.train import TrainingDiverged
@@ -184,9 +185,9 @@ def method_params(m: Method, p: RunParams, embeddings: dict) -> dict:
     params["protocol"] = p.protocol
     if m.config is not None:
         params["val_fraction"] = p.val_fraction
-        if p.protocol == "tuned" and HPARAMS.get(m.name):
+        if p.protocol == "tuned" and m.space:
             params["search"] = p.search.to_dict()
-            params["space"] = {name: space.describe() for name, space in HPARAMS[m.name].items()}
+            params["space"] = describe(m.space)
     params["embeddings"] = embeddings
     return params
 
@@ -261,7 +262,8 @@ def make_table1(p: RunParams) -> dict[str, Path]:
     csv = aggregate_run(p.run_path)
     agg = pd.read_csv(csv)
     write_csv(agg, p.figures_path / "results.csv")
-    t = table1(agg, p.table1_dataset, with_paper=p.compare_paper)
+    names = encoder_names(p.encoders)  # notebook 05 runs with Table 1's dataset file: its encoders' display names
+    t = table1(agg, p.table1_dataset, with_paper=p.compare_paper, encoders=names)
     if t.empty:
         raise ValueError(f"no full-training-set results for dataset {p.table1_dataset!r} in {csv}")
     note = f" [{p.title_note}]" if p.title_note else ""
@@ -270,10 +272,10 @@ def make_table1(p: RunParams) -> dict[str, Path]:
                                                   f"seeds; vs probe: difference from the linear probe of the same "
                                                   f"encoder, paired over seeds{note}{code}")
     # DomainNet, CIFAR-100-LT
-    paths.update(arxiv_tables(read_rows(results_path(p.run_path)), p.figures_path, f"{note}; {code_caption(agg)}"))
+    paths.update(arxiv_tables(read_rows(results_path(p.run_path)), p.figures_path, f"{note}; {code_caption(agg)}", names))
     oracle = oracle_rows(read_rows(results_path(p.run_path)))
     if oracle:  # the search's trials chosen on the target domain: an upper bound, never a result
-        t_oracle = table1(aggregate(oracle), p.table1_dataset)
+        t_oracle = table1(aggregate(oracle), p.table1_dataset, encoders=names)
         if not t_oracle.empty:
             paths.update({f"oracle_{k}": v for k, v in write_table1(
                 t_oracle, p.figures_path, stem="table1_oracle",
@@ -285,7 +287,7 @@ def make_table1(p: RunParams) -> dict[str, Path]:
 def lare_trials(p: RunParams, dataset: str) -> pd.DataFrame:
     """Every LARE trial of the search on ``dataset`` (full training set): its settings, its mean box
     log-width and its accuracy per domain, one row per (encoder, seed, trial, domain)."""
-    defaults = {k: dataclasses.asdict(getattr(p, k.split(".")[0]))[k.split(".")[1]] for k in HPARAMS["lare"]}
+    defaults = {k: dataclasses.asdict(getattr(p, k.split(".")[0]))[k.split(".")[1]] for k in get("lare").space}
     out = []
     for r in read_rows(results_path(p.run_path)):
         if r["method"] != "lare" or r["dataset"] != dataset or r["shots"] != 0 or len(r.get("trials") or []) < 2:
@@ -324,11 +326,31 @@ def fewshot_missing(p: RunParams) -> str | None:
             f"./run_all.sh --profile {p.profile})")
 
 
+def figure3_encoder(p: RunParams, agg: pd.DataFrame) -> str:
+    """The encoder Figure 3 draws: ``figure3_encoder`` when given; else coca (the paper's) when the
+    few-shot dataset has LARE results on it, else the first encoder with LARE results there (in the
+    run's order, then sorted; without any LARE result, the first encoder with results)."""
+    if p.figure3_encoder:
+        return p.figure3_encoder
+    sub = agg[agg["dataset"] == p.fewshot_dataset]
+    found = [e for e in dict.fromkeys([*p.encoders, *sorted(sub["encoder"].unique())]) if e in set(sub["encoder"])]
+    with_lare = [e for e in found if ((sub["encoder"] == e) & (sub["method"] == "lare")).any()]
+    candidates = with_lare or found
+    if not candidates:
+        raise ValueError(f"no results for dataset {p.fewshot_dataset!r} in the aggregated CSV: run notebooks 01-05 for it")
+    return "coca" if "coca" in candidates else candidates[0]
+
+
 def make_figure3(p: RunParams):
-    """Notebook 06: Figure 3 from results.csv, as PNG and PDF under the figures folder."""
+    """Notebook 06: Figure 3 from results.csv, as PNG and PDF under the figures folder, for the encoder
+    of :func:`figure3_encoder`."""
     csv = p.run_path / "results.csv"
     if not csv.is_file():
         raise FileNotFoundError(f"no {csv}: run notebook 05 (05_table1), which aggregates the results, first")
     note = f"\n[{p.title_note}]" if p.title_note else ""
-    fig = figure3(pd.read_csv(csv), p.fewshot_dataset, title=f"Figure 3: few-shot accuracy, {p.fewshot_dataset}{note}")
+    agg = pd.read_csv(csv)
+    enc = figure3_encoder(p, agg)
+    name = encoder_name(enc, p.encoders.get(enc))
+    fig = figure3(agg, p.fewshot_dataset, encoder=enc, name=name,
+                  title=f"Figure 3: few-shot accuracy, {p.fewshot_dataset}{note}")
     return save_figure(fig, p.figures_path, "figure3"), fig

@@ -17,8 +17,11 @@ from lare.pipeline.params import RunParams
 from lare.pipeline.runfolder import load_encoder_data, results_path
 from lare.utils import atomic_path
 
-FIG3_LINES = [("zero-shot", "coca", "CoCa zero-shot"), ("linear-probe", "coca", "CoCa linear probe"),
-              ("lare", "coca", "LARE")]
+
+def figure3_lines(encoder: str = "coca", name: str = "CoCa") -> list[tuple[str, str, str]]:
+    """Figure 3's lines, (method, encoder, legend): the paper's three, on ``encoder`` (shown as ``name``)."""
+    return [("zero-shot", encoder, f"{name} zero-shot"), ("linear-probe", encoder, f"{name} linear probe"),
+            ("lare", encoder, "LARE")]
 
 
 def _pca2(x: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
@@ -27,15 +30,20 @@ def _pca2(x: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
     return (x - mean) @ v[:, :2]
 
 
-def figure3(agg: pd.DataFrame, dataset: str, *, title: str, domain: str = "in_domain"):
-    """Accuracy against shots per class ('full' at the right), mean with a ±std band over seeds."""
+def figure3(agg: pd.DataFrame, dataset: str, *, title: str, domain: str = "in_domain", encoder: str = "coca",
+            name: str = "CoCa"):
+    """Accuracy against shots per class ('full' at the right), mean with a ±std band over seeds, of
+    zero-shot, the linear probe and LARE on ``encoder`` (the paper's: coca), shown as ``name``."""
     sub = agg[(agg["dataset"] == dataset) & (agg["domain"] == domain)]
     if sub.empty:
         raise ValueError(f"no results for dataset {dataset!r} ({domain}) in the aggregated CSV")
+    if not (sub["encoder"] == encoder).any():
+        raise ValueError(f"Figure 3: no results for encoder {encoder!r} on dataset {dataset!r} ({domain}); encoders with "
+                         f"results: {sorted(sub['encoder'].unique())}: set figure3_encoder to one of them")
     shots = sorted(s for s in sub["shots"].unique() if s > 0) + ([0] if 0 in set(sub["shots"]) else [])
     pos = {s: i for i, s in enumerate(shots)}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, enc, label in FIG3_LINES:
+    for method, enc, label in figure3_lines(encoder, name):
         d = sub[(sub["method"] == method) & (sub["encoder"] == enc)]
         if d.empty:
             continue

@@ -31,11 +31,11 @@ import yaml
 from lare.core.encoders import load_encoder
 from lare.data import byo
 from lare.data.cache import CacheCorruptError, CacheMismatchError, is_complete, load_embeddings, save_embeddings
-from lare.data.catalog import PROTOCOLS, cache_name, load_protocol
+from lare.data.catalog import DATASETS, cache_name, load_dataset
 from lare.data.datasets import imagefolder_items, make_toy_images
 from lare.data.extraction import class_text_entry, dist_barrier, dist_rank_world, extract_embeddings
 from lare.data.synthetic import SyntheticSpec, make_synthetic
-from lare.pipeline.params import ParameterError, RunParams, load_params, overrides_from, resolve
+from lare.pipeline.params import ParameterError, RunParams, load_params, open_clip_source, overrides_from, resolve
 from lare.pipeline.preflight import check
 from lare.pipeline.runfolder import index_path, write_index
 from lare.provenance import ingest_fingerprint
@@ -187,14 +187,14 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
     rank, world = dist_rank_world()
     if world > 1:  # under torchrun: rank 0 downloads / extracts / generates first, alone
         if rank == 0:
-            if dataset in PROTOCOLS:
-                load_protocol(dataset, data_root, allow_download=p.download)
+            if dataset in DATASETS:
+                load_dataset(dataset, data_root, allow_download=p.download)
             elif dataset.startswith("toy"):
                 make_toy_images(data_root / dataset)
         dist_barrier()
     loader = None
-    if dataset in PROTOCOLS:
-        items, class_names, loader = load_protocol(dataset, data_root, allow_download=p.download)
+    if dataset in DATASETS:
+        items, class_names, loader = load_dataset(dataset, data_root, allow_download=p.download)
         if not p.with_domains:  # one domain: no out-of-domain split (nor DomainNet's ood_<domain> ones)
             items = {k: v for k, v in items.items() if k != "ood" and not k.startswith("ood_")}
     else:
@@ -207,8 +207,9 @@ def extract(p: RunParams, name: str, *, device: torch.device | None = None) -> P
             if class_names is not None and names != class_names:
                 raise ValueError(f"{root / split} has other classes than {root / 'train'}")
             class_names = names
-    return write_images(run_dir, p.cache_path, dataset, name, model=enc["model"], pretrained=enc.get("pretrained", "none"),
-                        items=items, class_names=class_names, templates=p.templates,
+    model, pretrained = open_clip_source(enc)
+    return write_images(run_dir, p.cache_path, dataset, name, model=model, pretrained=pretrained, items=items,
+                        class_names=class_names, templates=p.templates,
                         domain_templates=p.domain_templates if p.with_domains else None, precision=p.precision,
                         batch_size=p.batch_size, num_workers=p.num_workers, device=device or p.torch_device,
                         progress=p.progress, loader=loader, chunk_size=p.chunk_size, repair=p.repair_cache,

@@ -1,7 +1,9 @@
 """Run the notebooks in order for one profile: ``python -m lare`` (what ``./run_all.sh`` calls).
 
 Notebooks 01-04 run once per dataset file ``params/<profile>/*.yaml`` (stage by stage, so every
-dataset's embeddings exist before any box is trained), then 05 (Table 1) and 06 (Figure 3) once.
+dataset's embeddings exist before any box is trained), then 05 (Table 1) and 07 (sensitivity) once
+with the file of Table 1's dataset, and 06 (Figure 3) once with the file of Figure 3's dataset (so
+each reads the encoders, and their display names, of its own dataset).
 Each notebook gets three parameters: ``profile``, ``dataset`` and ``overrides`` (the ``-f`` files
 and ``-p`` / ``-r`` values as one mapping), and loads its typed parameters with
 :func:`lare.pipeline.params.load_params`. The preflight runs first, in-process, and nothing starts if it
@@ -97,9 +99,12 @@ class Step:
         return f"{self.notebook} ({self.dataset})" if self.per_dataset else self.notebook
 
 
-def plan(datasets: list[str]) -> list[Step]:
+def plan(datasets: list[str], table1: str | None = None, fewshot: str | None = None) -> list[Step]:
+    """Every step in order: 01-04 per dataset file; 05 and 07 with the file of Table 1's dataset
+    (``table1``), 06 with the file of Figure 3's (``fewshot``); either defaults to the first file."""
+    own = {"06_figure3": fewshot or datasets[0]}
     return ([Step(nb, ds, True) for nb in PER_DATASET for ds in datasets]
-            + [Step(nb, datasets[0], False) for nb in PER_PROFILE])
+            + [Step(nb, own.get(nb, table1 or datasets[0]), False) for nb in PER_PROFILE])
 
 
 def input_digests(p: RunParams) -> dict[str, str]:
@@ -216,7 +221,8 @@ def run_profile(profile: str, options: list[tuple[str, ...]] = (), *, force: boo
     folders = {k: run / k for k in ("notebooks", "stamps", "logs")}
     for f in folders.values() if not dry_run else ():
         f.mkdir(parents=True, exist_ok=True)
-    steps = plan(datasets)
+    stem = {p.dataset: name for name, p in reversed(loaded.items())}  # a file's dataset is its name unless it says otherwise
+    steps = plan(datasets, stem.get(first.table1_dataset), stem.get(first.fewshot_dataset))
     say(f"profile {profile}: {len(datasets)} dataset(s) ({' '.join(datasets)}), {len(steps)} steps, run folder {run}/"
         + (" [dry run: nothing is run or written]" if dry_run else ""))
     if not dry_run:

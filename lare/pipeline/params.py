@@ -26,9 +26,12 @@ from typing import Any
 import torch
 import yaml
 
+from lare.compare.ablations import FixedBoxesConfig, GaussianNoiseConfig
 from lare.compare.methods import ReferenceConfig
+from lare.compare.registry import encoder_names
 from lare.compare.search import PROTOCOLS, SearchConfig, replaced_under_tuned
 from lare.core.box import BoxConfig, SamplingConfig
+from lare.core.encoders import WEIGHT_SUFFIXES
 from lare.core.lads import LADSConfig
 from lare.core.probe import ProbeConfig
 from lare.core.train import is_int
@@ -38,8 +41,6 @@ from lare.utils import resolve_device
 
 SOURCES = ("synthetic", "images", "byo")
 EXTRACT_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-SECTIONS = {"box": BoxConfig, "sampling": SamplingConfig, "probe": ProbeConfig, "lads": LADSConfig,
-            "reference": ReferenceConfig, "search": SearchConfig}
 FREE_MAPPINGS = ("encoders", "byo", "synthetic", "domain_templates")
 
 
@@ -60,6 +61,19 @@ def resolve(path: str | Path) -> Path:
     """Relative paths are taken from the repository root, wherever the notebook runs."""
     p = Path(path)
     return p if p.is_absolute() else project_root() / p
+
+
+def open_clip_source(enc: dict) -> tuple[str, str]:
+    """An encoder entry's ``model`` and ``pretrained`` as open_clip takes them (``pretrained``
+    ``none``: random weights), a relative path to a model-config JSON or a weights file taken from
+    the repository root (as every other path of a run), wherever the notebook runs."""
+    model, pretrained = str(enc["model"]), str(enc.get("pretrained", "none"))
+
+    def local(path: str, is_file: bool) -> str:
+        return str(resolve(path)) if is_file and not path.startswith("hf-hub:") and not Path(path).is_absolute() else path
+
+    weights_file = pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained
+    return local(model, model.endswith(".json")), local(pretrained, weights_file)
 
 
 def data_root_from(param: str) -> str:
@@ -83,7 +97,7 @@ class RunParams:
     with_domains: bool = True          # True: photo train/test + painting "ood" split (Table 1); False: one domain (Figure 3)
     synthetic: dict = field(default_factory=lambda: {  # lare.data.synthetic.SyntheticSpec fields (noise: per encoder)
         "num_classes": 40, "dim": 128, "n_train_per_class": 30, "n_test_per_class": 20, "n_ood_per_class": 15})
-    encoders: dict = field(default_factory=dict)  # name -> {model, pretrained[, noise (synthetic)]}; set by the profile
+    encoders: dict = field(default_factory=dict)  # key -> {model, pretrained[, name][, noise (synthetic)]}; set by the profile
     byo: dict = field(default_factory=dict)  # encoder -> path of a .npz (source byo)
     byo_norm: str = "normalize"        # byo vectors whose L2 norm is not 1 (beyond 1e-3): normalize (recorded) | refuse
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # class prompts T(y), averaged
@@ -109,6 +123,8 @@ class RunParams:
     probe: ProbeConfig = field(default_factory=ProbeConfig)            # the linear probe of every method
     lads: LADSConfig = field(default_factory=LADSConfig)               # the LADS augmenter
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # the L-BFGS reference probe
+    gaussian_noise: GaussianNoiseConfig = field(default_factory=GaussianNoiseConfig)  # ablation: noise instead of f_Box
+    fixed_boxes: FixedBoxesConfig = field(default_factory=FixedBoxesConfig)  # ablation: boxes of one width, no f_Box
     # --- protocol of the comparison (lare.compare.search) ---
     protocol: str = "tuned"            # tuned: equal-budget search, selection on validation | fixed: one recipe
     search: SearchConfig = field(default_factory=SearchConfig)         # trials, seed, patience, max_epochs, solver, probe_*
@@ -116,6 +132,7 @@ class RunParams:
     figures_root: str = "figures"      # tables and figures go to <figures_root>/<profile>/
     table1_dataset: str = "synthetic_domains"   # dataset of Table 1
     fewshot_dataset: str = "synthetic_fewshot"  # dataset of Figure 3
+    figure3_encoder: str = ""          # the encoder Figure 3 draws ("": coca, the paper's, else the first LARE encoder)
     compare_paper: bool = False        # put the paper's numbers beside ours (paper profile)
     title_note: str = "SYNTHETIC data"  # shown in table and figure titles
     progress: bool = True              # progress bars
@@ -152,6 +169,9 @@ class RunParams:
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunParams)}
 _HINTS = typing.get_type_hints(RunParams)
+# The config sections (box, sampling, probe, ...): every field of RunParams that is a config dataclass,
+# so a method's own settings need one field above and nothing else here.
+SECTIONS = {name: hint for name, hint in _HINTS.items() if dataclasses.is_dataclass(hint)}
 
 
 # ---------------------------------------------------------------- merging
@@ -336,6 +356,13 @@ def value_problems(p: RunParams) -> list[str]:
         out.append(f"num_workers must be >= 0, got {p.num_workers}")
     if not p.encoders:
         out.append("encoders must be a mapping such as {coca: {model: ..., pretrained: ...}}, got an empty one")
+    for name in p.encoders:
+        if not isinstance(name, str) or not name.strip() or name.startswith(".") or any(c in name for c in "/\\"):
+            out.append(f"encoder key {name!r} names files of the run folder: use letters, digits, '-' or '_' "
+                       "(a display name with spaces or slashes goes in its entry's 'name')")
+    shown = list(encoder_names(p.encoders).values())
+    if len(set(shown)) < len(shown):
+        out.append(f"two encoders share a display name ({shown}): give each its own 'name', so Table 1 can tell them apart")
     for name, enc in p.encoders.items():
         if not isinstance(enc, dict):
             out.append(f"encoder {name!r} must be a mapping such as {{model: ..., pretrained: ...}}, got {enc!r}")
@@ -343,6 +370,9 @@ def value_problems(p: RunParams) -> list[str]:
             out.append(f"encoder {name!r}: the synthetic source needs a 'noise' level (e.g. 0.6)")
         elif p.source == "images" and "model" not in enc:
             out.append(f"encoder {name!r} needs a 'model' (and 'pretrained')")
+        if isinstance(enc, dict) and "name" in enc and not (isinstance(enc["name"], str) and enc["name"].strip()):
+            out.append(f"encoder {name!r}: 'name' (its display name in tables and figures) must be a non-empty string, "
+                       f"got {enc['name']!r}; leave it out to show {name!r}")
     for key in ("lare_encoders", "lads_encoders", "baseline_encoders"):
         unknown = [e for e in getattr(p, key) if e not in p.encoders]
         if unknown:

@@ -22,13 +22,45 @@ import numpy as np
 import open_clip
 from huggingface_hub import scan_cache_dir
 
-from lare.core.encoders import EncoderError, check_pretrained, resolve_model_name
+from lare.core.encoders import WEIGHT_SUFFIXES, EncoderError, check_pretrained, resolve_model_name
 from lare.data import byo
-from lare.data.catalog import PROTOCOLS, check_sources
+from lare.data.catalog import DATASETS, check_sources
 from lare.data.sources import CUB, cub_items, network_reachable
 from lare.data.treecheck import imagefolder_problems, tree_problems
-from lare.pipeline.params import ParameterError, RunParams, dataset_files, load_params, overrides_from, profiles, resolve
+from lare.pipeline.params import (
+    ParameterError,
+    RunParams,
+    dataset_files,
+    load_params,
+    open_clip_source,
+    overrides_from,
+    profiles,
+    resolve,
+)
 from lare.pipeline.runfolder import shots_problem
+
+
+def encoder_problems(p: RunParams, files: bool = True) -> list[str]:
+    """Every open_clip encoder's ``model`` and ``pretrained`` as open_clip takes them, checked without
+    building or downloading anything: the model is a name in open_clip's registry (or a model-config
+    JSON that exists, or ``hf-hub:org/name``), the tag is one of that model's (or ``hf-hub:``, a
+    weights file that exists, ``none``); each problem names the nearest valid names or tags.
+    ``files=False``: names and tags only, not whether the files named exist (a check of the
+    parameters alone, as for another machine)."""
+    if p.source != "images":
+        return []  # synthetic and bring-your-own embeddings: 'model' is only a label
+    out = []
+    for name, enc in p.encoders.items():
+        if not isinstance(enc, dict) or "model" not in enc:
+            continue  # reported with the parameters
+        model, pretrained = open_clip_source(enc)
+        if not files and (model.endswith(".json") or pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained):
+            continue  # a file of this machine: the data checks look for it
+        try:
+            check_pretrained(resolve_model_name(model), pretrained)
+        except EncoderError as err:
+            out.append(f"encoder {name!r}: {err}")
+    return out
 
 
 def _weights_problems(model: str, pretrained: str) -> list[str]:
@@ -38,6 +70,8 @@ def _weights_problems(model: str, pretrained: str) -> list[str]:
         weights = check_pretrained(name, pretrained)
     except EncoderError as err:
         return [str(err)]
+    if name.startswith("hf-hub:"):  # a hub model brings its own weights
+        weights = name
     if weights is None or os.path.isfile(weights):
         return []
     hub = None
@@ -124,7 +158,7 @@ def check(p: RunParams, notes: list[str] | None = None) -> list[str]:
     problems, files = byo_problems(p, notes) if p.source == "byo" else ([], {})
     if p.source == "images":
         root = p.data_path
-        if p.dataset in PROTOCOLS:
+        if p.dataset in DATASETS:
             missing = check_sources(p.dataset, root, allow_download=p.download)
             problems += missing or tree_problems(p.dataset, root, skip_bad_images=p.skip_bad_images)
         elif p.dataset.startswith("toy"):
@@ -134,9 +168,9 @@ def check(p: RunParams, notes: list[str] | None = None) -> list[str]:
             problems += imagefolder_problems(root / p.dataset, splits, skip_bad_images=p.skip_bad_images)
         else:
             problems.append(f"dataset {p.dataset!r}: no folder {root / p.dataset} (expected train/ and test/ with "
-                            f"NNN.Class_Name/ image folders), and it is not one of {sorted(PROTOCOLS)}")
+                            f"NNN.Class_Name/ image folders), and it is not one of {sorted(DATASETS)}")
         for name, enc in p.encoders.items():
-            problems += [f"encoder {name!r}: {x}" for x in _weights_problems(enc["model"], str(enc.get("pretrained", "none")))]
+            problems += [f"encoder {name!r}: {x}" for x in _weights_problems(*open_clip_source(enc))]
     smallest = smallest_train_class(p, files)
     if smallest is not None and (problem := shots_problem(smallest, p.shots, p.val_fraction)):
         problems.append(problem)
@@ -165,18 +199,32 @@ def check_profile(profile: str, overrides: dict | None = None, *, root: Path | N
     names = {p.dataset for p in loaded.values()}
     for stem, p in loaded.items():
         said: list[str] = []
-        try:
-            problems = check(p, said) if data else []
+        try:  # without the data checks, the encoders' names and tags are still checked (no download, no model built)
+            problems = check(p, said) if data else encoder_problems(p, files=False)
         except Exception as err:  # a check that met something unforeseen still says which dataset, and no traceback
             problems = [f"the data checks of {stem} stopped on {type(err).__name__}: {err}"]
         for key in ("table1_dataset", "fewshot_dataset"):
             if getattr(p, key) not in names:
                 problems.append(f"{key} {getattr(p, key)!r} is not a dataset of profile {profile} ({sorted(names)})")
+        problems += figure3_problems(p, loaded)
         if problems:
             report[stem] = problems
         if said:
             notes[stem] = said
     return loaded, report
+
+
+def figure3_problems(p: RunParams, loaded: dict[str, RunParams]) -> list[str]:
+    """A ``figure3_encoder`` that names no encoder LARE runs on in Figure 3's dataset."""
+    fewshot = next((q for q in loaded.values() if q.dataset == p.fewshot_dataset), None)
+    if not p.figure3_encoder or fewshot is None:
+        return []  # "": chosen from the results (coca, the paper's, else the first); a missing dataset is reported
+    lare = fewshot.encoders_for("lare_encoders")
+    if p.figure3_encoder in lare:
+        return []
+    return [f"figure3_encoder {p.figure3_encoder!r} is not an encoder LARE runs on in Figure 3's dataset "
+            f"{p.fewshot_dataset!r} ({lare}): name one of them (-p figure3_encoder NAME), or leave it empty for coca "
+            "(the paper's) or else the first"]
 
 
 def format_report(profile: str, report: dict[str, list[str]], notes: dict[str, list[str]] | None = None) -> str:
