@@ -32,9 +32,8 @@ import torch
 
 from lare.compare.methods import EmbeddingSplits, Method, Metrics, probe_trials
 from lare.compare.space import PROBE, SAMPLES_PER_ITEM, Space
-from lare.core.box import BoxSampler, SamplingConfig
+from lare.core.box import BoxSampler, ItemSampler, SamplingConfig
 from lare.core.probe import Augmenter, ProbeConfig, shared_settings
-from lare.core.train import is_int
 
 
 def _positive(name: str, value) -> float:
@@ -77,35 +76,35 @@ class FixedBoxesConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class GaussianNoiseMethodConfig:
-    """The Gaussian-noise ablation: its noise (``gaussian_noise``), LARE's ``sampling`` and the probe."""
-
-    gaussian_noise: GaussianNoiseConfig = field(default_factory=GaussianNoiseConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-
-
-@dataclass(frozen=True)
-class FixedBoxesMethodConfig:
-    """The fixed-boxes ablation: its box width (``fixed_boxes``), LARE's ``sampling`` and the probe."""
-
-    fixed_boxes: FixedBoxesConfig = field(default_factory=FixedBoxesConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+def sampling_method_config(name: str, section: str, settings: type, doc: str) -> type:
+    """A method config that holds its own ``section`` (of class ``settings``), LARE's ``sampling`` and the
+    probe: what an augmentation that replaces f_Box's boxes needs (the fields its ``Method.sections`` name)."""
+    cls = dataclasses.make_dataclass(name, [(section, settings, field(default_factory=settings)),
+                                            ("sampling", SamplingConfig, field(default_factory=SamplingConfig)),
+                                            ("probe", ProbeConfig, field(default_factory=ProbeConfig))],
+                                     frozen=True, namespace={"__doc__": doc})
+    cls.__module__ = __name__
+    return cls
 
 
-class GaussianSampler:
-    """Extra training embeddings drawn from an isotropic Gaussian around each training embedding, for
-    N probe trials at once (the augmenter form of :func:`lare.core.probe.train_probe_trials`).
+GaussianNoiseMethodConfig = sampling_method_config(
+    "GaussianNoiseMethodConfig", "gaussian_noise", GaussianNoiseConfig,
+    "The Gaussian-noise ablation: its noise (``gaussian_noise``), LARE's ``sampling`` and the probe.")
+FixedBoxesMethodConfig = sampling_method_config(
+    "FixedBoxesMethodConfig", "fixed_boxes", FixedBoxesConfig,
+    "The fixed-boxes ablation: its box width (``fixed_boxes``), LARE's ``sampling`` and the probe.")
 
-    x: (n, d) training embeddings, labels: (n,), scales: (N,) each trial's root-mean-square noise
-    length. ``sampler(epoch, generators) -> (x (N, n k, d), y (N, n k))``: per trial ``k`` points
-    per item, ``x + (scale_i / sqrt(d)) eps`` with ``eps ~ N(0, I)`` drawn from ``generators[i]``
-    only (trials given one generator object share one draw of ``eps``), in the layout of
-    :class:`lare.core.box.BoxSampler` (an item's k samples in a row). fresh: new samples every epoch,
-    or epoch 0's draw reused. renormalize: project the samples back onto the unit sphere.
+
+class GaussianSampler(ItemSampler):
+    """The Gaussian-noise ablation's samples: per trial ``k`` points per item, ``x + (scale_i / sqrt(d)) eps``
+    with ``eps ~ N(0, I)``, the call, ``fresh`` and ``renormalize`` of LARE's sampler
+    (:class:`lare.core.box.ItemSampler`).
+
+    x: (n, d) training embeddings, labels: (n,), scales: (N,) each trial's root-mean-square noise length.
     """
+
+    kind = "noise"
+    tensors = ("x", "std")
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor, scales: torch.Tensor, *, k: int = 1, fresh: bool = True,
                  renormalize: bool = True):
@@ -113,42 +112,14 @@ class GaussianSampler:
             raise ValueError(f"x must be (n, d) and labels (n,), got {tuple(x.shape)} and {tuple(labels.shape)}")
         if scales.dim() != 1 or not len(scales) or not bool((scales > 0).all()):
             raise ValueError(f"scales must be a non-empty (N,) tensor of numbers > 0, got {scales!r}")
-        if not is_int(k) or k < 1:
-            raise ValueError(f"k (samples per item) must be an integer >= 1, got {k!r}")
-        self.x, self.labels, self.k, self.fresh, self.renormalize = x, labels, k, bool(fresh), bool(renormalize)
-        self.std = scales.to(x.dtype) / math.sqrt(x.shape[1])  # per dimension
-        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        super().__init__(labels, len(scales), x.shape[1], k=k, fresh=fresh, renormalize=renormalize)
+        self.x, self.std = x, scales.to(x.dtype) / math.sqrt(x.shape[1])  # std per dimension
 
-    @property
-    def size(self) -> int:
-        """Extra embeddings per trial and epoch."""
-        return len(self.x) * self.k
+    def noise(self, g: torch.Generator) -> torch.Tensor:
+        return torch.randn((len(self.x), self.k, self.dim), generator=g, device=self.x.device, dtype=self.x.dtype)
 
-    def to(self, device: torch.device) -> GaussianSampler:
-        self.x, self.labels, self.std = (t.to(device) for t in (self.x, self.labels, self.std))
-        if self._fixed is not None:
-            self._fixed = tuple(t.to(device) for t in self._fixed)
-        return self
-
-    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.fresh and epoch > 0 and self._fixed is not None:
-            return self._fixed
-        trials, (n, d) = len(self.std), self.x.shape
-        if len(generators) != trials:
-            raise ValueError(f"{len(generators)} generators for {trials} trials of noise")
-
-        def draw(g: torch.Generator) -> torch.Tensor:
-            return torch.randn((n, self.k, d), generator=g, device=self.x.device, dtype=self.x.dtype)
-
-        eps = draw(generators[0]).expand(trials, -1, -1, -1) if all(g is generators[0] for g in generators) \
-            else torch.stack([draw(g) for g in generators])
-        s = (self.x.unsqueeze(1) + eps * self.std.view(trials, 1, 1, 1)).reshape(trials, n * self.k, d)
-        if self.renormalize:  # as LARE's box samples (lare.core.box.BoxSampler)
-            s = s.div_(torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min_(1e-12))
-        out = (s, self.labels.repeat_interleave(self.k).expand(trials, -1))
-        if not self.fresh:
-            self._fixed = out
-        return out
+    def place(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.x.unsqueeze(1) + noise * self.std.view(-1, 1, 1, 1)
 
 
 def fixed_box_sampler(x: torch.Tensor, labels: torch.Tensor, widths: torch.Tensor, sampling: SamplingConfig) -> BoxSampler:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lare.core.losses import CORNER_FORMS, REDUCTIONS, VOLUME_FORMS, check_alpha, corners_of, lare_loss_terms_trials
-from lare.core.train import TrainingConfig, check_shared, check_xy, compute_dtype, is_int, seeded_init, train_stacked
+from lare.core.train import TrainingConfig, check_choice, check_shared, check_xy, compute_dtype, is_int, seeded_init, train_stacked
 from lare.utils import atomic_path, resolve_device, write_json_atomic
 
 CORNER_MODES = CORNER_FORMS
@@ -109,19 +109,80 @@ class SamplingConfig:
         return dataclasses.asdict(self)
 
 
-class BoxSampler:
-    """Extra training embeddings drawn uniformly from each training item's box (LARE step 2), for
-    N probe trials at once (one run: N = 1), the augmenter of :func:`lare.core.probe.train_probe_trials`.
+class ItemSampler:
+    """Extra training embeddings drawn around each of n training items, for N probe trials at once
+    (one run: N = 1): the augmenter form :func:`lare.core.probe.train_probe_trials` takes.
+
+    ``sampler(epoch, generators) -> (x (N, n k, d), y (N, n k))``: per trial ``k`` points per item
+    (an item's k samples in a row), from noise drawn from ``generators[i]`` only, so a trial gets
+    alone what it gets among others; trials given the same generator object share one draw of the
+    noise. fresh: new samples every epoch (True) or epoch 0's draw reused for every later epoch
+    (False). renormalize: project samples back onto the unit sphere, where the image embeddings live.
+    A subclass says how one trial's noise is drawn (:meth:`noise`) and where it puts the points
+    (:meth:`place`): :class:`BoxSampler` (LARE) and the ablations' samplers (:mod:`lare.compare.ablations`).
+    """
+
+    kind = "items"       # what the samples come from, for messages
+    tensors: tuple = ()  # the attributes :meth:`to` moves
+
+    def __init__(self, labels: torch.Tensor, trials: int, dim: int, *, k: int = 1, fresh: bool = True,
+                 renormalize: bool = True):
+        if not is_int(k) or k < 1:
+            raise ValueError(f"k (samples per item) must be an integer >= 1, got {k!r}")
+        self.labels, self.trials, self.dim = labels, trials, dim
+        self.k, self.fresh, self.renormalize = k, bool(fresh), bool(renormalize)
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # fresh False: epoch 0's draw
+
+    @property
+    def size(self) -> int:
+        """Extra embeddings per trial and epoch."""
+        return len(self.labels) * self.k
+
+    def to(self, device: torch.device) -> ItemSampler:
+        for name in (*self.tensors, "labels"):
+            setattr(self, name, getattr(self, name).to(device))
+        if self._fixed is not None:
+            self._fixed = tuple(t.to(device) for t in self._fixed)
+        return self
+
+    def noise(self, g: torch.Generator) -> torch.Tensor:
+        """One trial's noise (n, k, d), drawn from ``g``."""
+        raise NotImplementedError
+
+    def place(self, noise: torch.Tensor) -> torch.Tensor:
+        """The samples (N, n, k, d) for every trial's noise (N, n, k, d)."""
+        raise NotImplementedError
+
+    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.fresh and epoch > 0 and self._fixed is not None:
+            return self._fixed
+        if len(generators) != self.trials:
+            raise ValueError(f"{len(generators)} generators for {self.trials} trials of {self.kind}")
+        # trials given one generator object share its stream: one draw serves them all (as equal seeds would)
+        if all(g is generators[0] for g in generators):
+            u = self.noise(generators[0]).expand(self.trials, -1, -1, -1)
+        else:
+            u = torch.stack([self.noise(g) for g in generators])
+        s = self.place(u).reshape(self.trials, self.size, self.dim)
+        if self.renormalize:  # F.normalize's numbers, in place (s is this call's own tensor)
+            s = s.div_(torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min_(1e-12))
+        out = (s, self.labels.repeat_interleave(self.k).expand(self.trials, -1))
+        if not self.fresh:
+            self._fixed = out
+        return out
+
+
+class BoxSampler(ItemSampler):
+    """LARE step 2: per trial ``k`` points drawn uniformly from each training item's box,
+    ``X^- + U (X^+ - X^-)`` with ``U ~ U[0, 1)^d`` (the draw :func:`sample_boxes` makes); see
+    :class:`ItemSampler` for the call, ``fresh`` and ``renormalize``.
 
     lower, upper: (N, n, d) box corners per trial (boxes may differ between trials; pass
     ``lower.expand(N, n, d)`` to share one set), or (n, d): one trial. labels: (n,).
-    ``sampler(epoch, generators) -> (x (N, n k, d), y (N, n k))``: per trial ``k`` points per box,
-    ``X^- + U (X^+ - X^-)`` with ``U ~ U[0, 1)^d`` drawn from ``generators[i]`` only (the draw
-    :func:`sample_boxes` makes), so a trial gets alone what it gets among others; trials given the
-    same generator object share one draw of ``U`` (each still gets its own corners).
-    fresh: new samples every epoch (True) or epoch 0's draw reused for every later epoch (False).
-    renormalize: project samples back onto the unit sphere, where the image embeddings live.
     """
+
+    kind = "boxes"
+    tensors = ("lower", "width")
 
     def __init__(self, lower: torch.Tensor, upper: torch.Tensor, labels: torch.Tensor, *, k: int = 1,
                  fresh: bool = True, renormalize: bool = True):
@@ -131,46 +192,16 @@ class BoxSampler:
             raise ValueError(f"lower and upper must both be (N, n, d) or (n, d), got {tuple(lower.shape)} and {tuple(upper.shape)}")
         if labels.dim() != 1 or len(labels) != lower.shape[1]:
             raise ValueError(f"{lower.shape[1]} boxes per trial but labels of shape {tuple(labels.shape)}")
-        if not is_int(k) or k < 1:
-            raise ValueError(f"k (samples per box) must be an integer >= 1, got {k!r}")
+        super().__init__(labels, lower.shape[0], lower.shape[2], k=k, fresh=fresh, renormalize=renormalize)
         # the corners kept as lower and width (upper - lower, formed once rather than every epoch)
-        self.lower, self.width, self.labels = lower, upper - lower, labels
-        self.k, self.fresh, self.renormalize = k, bool(fresh), bool(renormalize)
-        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # fresh False: epoch 0's draw
+        self.lower, self.width = lower, upper - lower
 
-    @property
-    def size(self) -> int:
-        """Extra embeddings per trial and epoch."""
-        return self.lower.shape[1] * self.k
+    def noise(self, g: torch.Generator) -> torch.Tensor:
+        return torch.rand((self.lower.shape[1], self.k, self.dim), generator=g, device=self.lower.device,
+                          dtype=self.lower.dtype)
 
-    def to(self, device: torch.device) -> BoxSampler:
-        self.lower, self.width, self.labels = (t.to(device) for t in (self.lower, self.width, self.labels))
-        if self._fixed is not None:
-            self._fixed = tuple(t.to(device) for t in self._fixed)
-        return self
-
-    def __call__(self, epoch: int, generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.fresh and epoch > 0 and self._fixed is not None:
-            return self._fixed
-        trials, n, d = self.lower.shape
-        if len(generators) != trials:
-            raise ValueError(f"{len(generators)} generators for {trials} trials of boxes")
-
-        def draw(g: torch.Generator) -> torch.Tensor:
-            return torch.rand((n, self.k, d), generator=g, device=self.lower.device, dtype=self.lower.dtype)
-
-        # trials given one generator object share its stream: one draw serves them all (as equal seeds would)
-        if all(g is generators[0] for g in generators):
-            u = draw(generators[0]).expand(trials, -1, -1, -1)
-        else:
-            u = torch.stack([draw(g) for g in generators])
-        s = (self.lower.unsqueeze(2) + u * self.width.unsqueeze(2)).reshape(trials, n * self.k, d)
-        if self.renormalize:  # F.normalize's numbers, in place (s is this call's own tensor)
-            s = s.div_(torch.linalg.vector_norm(s, dim=-1, keepdim=True).clamp_min_(1e-12))
-        out = (s, self.labels.repeat_interleave(self.k).expand(trials, -1))
-        if not self.fresh:
-            self._fixed = out
-        return out
+    def place(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.lower.unsqueeze(2) + noise * self.width.unsqueeze(2)
 
 
 @dataclass(frozen=True)
@@ -208,14 +239,9 @@ class BoxConfig(TrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         check_alpha(self.alpha)
-        if self.corners not in CORNER_MODES:
-            raise ValueError(f"corners must be one of {CORNER_MODES}, got {self.corners!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.volume not in VOLUME_FORMS:
-            raise ValueError(f"volume must be one of {VOLUME_FORMS}, got {self.volume!r}")
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        for name, options in (("corners", CORNER_MODES), ("activation", ACTIVATIONS), ("volume", VOLUME_FORMS),
+                              ("reduction", REDUCTIONS)):
+            check_choice(name, getattr(self, name), options)
         if not math.isfinite(self.scale) or self.scale <= 0:
             raise ValueError(f"scale must be a finite number > 0, got {self.scale!r}")
         if self.hidden is not None and (not isinstance(self.hidden, int) or isinstance(self.hidden, bool) or self.hidden < 1):

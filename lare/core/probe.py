@@ -35,6 +35,7 @@ from lare.core.train import (
     SCORE_TIE_TOL,
     EarlyStop,
     TrainingConfig,
+    check_choice,
     check_shared,
     compute_dtype,
     effective_epochs,
@@ -165,10 +166,8 @@ class ProbeConfig(TrainingConfig):
         super().__post_init__()
         if not math.isfinite(self.l2) or self.l2 < 0:
             raise ValueError(f"l2 must be a finite number >= 0, got {self.l2!r}")
-        if self.select not in SELECT_METRICS:
-            raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        check_choice("select", self.select, SELECT_METRICS)
+        check_choice("solver", self.solver, SOLVERS)
         if self.stop not in STOPS:
             raise ValueError(f"stop must be one of {STOPS} (val: best validation epoch; loss: converged, last epoch), "
                              f"got {self.stop!r}")

@@ -40,6 +40,12 @@ TermsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | Non
 PRECISIONS = ("fp32", "bf16")
 
 
+def check_choice(name: str, value, options) -> None:
+    """Refuse a setting that is not one of ``options``, naming them."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options) if isinstance(options, dict) else options}, got {value!r}")
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS} (training on cached embeddings), got {precision!r}")
