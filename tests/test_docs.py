@@ -363,6 +363,9 @@ def test_readme_statements_about_the_demo_hold():
     assert "LARE ties\nthe probe on CoCa in and out of domain" in text
     assert all(_covers_zero(t["LARE"], d) for d in domains)
     assert "gains out of domain" in text and t["LADS"]["Out-of-domain vs probe low"] > 0
+    assert "the two ablations without f_Box (Gaussian\nnoise, fixed boxes) tie the probe on CoCa too" in text
+    for label in ("Gaussian noise on CoCa (no f_Box)", "Fixed boxes on CoCa (no f_Box)"):
+        assert all(_covers_zero(t[label], d) for d in domains), label
     assert "LARE is\nabove the probe at 1 shot" in text
     with open(ROOT / "figures" / "demo" / "results.csv") as f:
         few = {(r["method"], int(r["shots"])): r for r in csv.DictReader(f) if r["dataset"] == "synthetic_fewshot"}
