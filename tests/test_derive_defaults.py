@@ -160,4 +160,4 @@ def test_the_figures_quoted_for_the_defaults_are_the_study_s():
 def test_the_script_runs_one_study_on_one_seed(capsys):
     assert dd.main(["--only", "box.volume", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
-    assert "== box.volume" in out and "chosen:" in out and "mean ± std" in out
+    assert "**box.volume**" in out and "Chosen: " in out and "mean ± std" in out and "box.volume: default" in out
