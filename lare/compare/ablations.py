@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from lare.compare.methods import EmbeddingSplits, Method, Metrics, probe_trials
+from lare.compare.methods import EmbeddingSplits, Method, Metrics, sampled_trials
 from lare.compare.space import PROBE, SAMPLES_PER_ITEM, Space
 from lare.core.box import BoxSampler, ItemSampler, SamplingConfig
-from lare.core.probe import Augmenter, ProbeConfig, shared_settings
+from lare.core.probe import ProbeConfig
 
 
 def _positive(name: str, value) -> float:
@@ -130,32 +129,13 @@ def fixed_box_sampler(x: torch.Tensor, labels: torch.Tensor, widths: torch.Tenso
                       renormalize=sampling.renormalize)
 
 
-def augmented_trials(splits: EmbeddingSplits, configs: list, device, sampler: Callable[[list], Augmenter],
-                     extra: Callable[[object], dict] = lambda c: {}) -> list[Metrics]:
-    """LARE's step 2 for trials of one unit with another augmenter: the trials that share their
-    sampling settings and the probe's shared settings train as one batched probe on the originals
-    plus ``sampler(their configs)`` (as :func:`lare.compare.methods.trials_lare` groups LARE's);
-    ``extra(config)`` adds what a trial reports beside its metrics."""
-    out: list = [None] * len(configs)
-    groups: dict = {}
-    for i, c in enumerate(configs):
-        s = c.sampling
-        groups.setdefault((s.k, s.fresh, s.renormalize, s.solver_draws, shared_settings(c.probe)), []).append(i)
-    for idx in groups.values():
-        group = [configs[i] for i in idx]
-        trials = probe_trials(splits, [c.probe for c in group], device, sampler(group), group[0].sampling.solver_draws)
-        for i, c, m in zip(idx, group, trials, strict=True):
-            out[i] = {**m, **extra(c)}
-    return out
-
-
 def trials_gaussian_noise(splits: EmbeddingSplits, configs: list[GaussianNoiseMethodConfig], device=None) -> list[Metrics]:
     def sampler(group: list[GaussianNoiseMethodConfig]) -> GaussianSampler:
         s = group[0].sampling
         scales = torch.tensor([c.gaussian_noise.scale for c in group], dtype=splits.train_x.dtype)
         return GaussianSampler(splits.train_x, splits.train_y, scales, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
 
-    return augmented_trials(splits, configs, device, sampler)
+    return sampled_trials(splits, configs, device, sampler)
 
 
 def run_gaussian_noise(splits: EmbeddingSplits, config: GaussianNoiseMethodConfig, device=None) -> Metrics:
@@ -170,7 +150,7 @@ def trials_fixed_boxes(splits: EmbeddingSplits, configs: list[FixedBoxesMethodCo
 
     # the box's mean log edge per dimension, as LARE's trials report theirs (notebook 07)
     d = splits.train_x.shape[1]
-    return augmented_trials(splits, configs, device, sampler,
+    return sampled_trials(splits, configs, device, sampler,
                             lambda c: {"boxes": {"log_width": math.log(c.fixed_boxes.width / math.sqrt(d))}})
 
 

@@ -298,17 +298,30 @@ def trials_lare(splits: EmbeddingSplits, configs: list[LAREConfig], device=None)
                                        val_x=splits.val_x, val_y=splits.val_y, device=device)
             boxes.update(zip(distinct, trained, strict=True))
 
-    def run(idx: list[int]) -> list[Metrics]:
-        corners = [boxes[configs[i].box].boxes(splits.train_x) for i in idx]
-        s = configs[idx[0]].sampling
-        sampler = BoxSampler(torch.stack([c[0] for c in corners]), torch.stack([c[1] for c in corners]),
-                             splits.train_y, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
-        trials = probe_trials(splits, [configs[i].probe for i in idx], device, sampler, s.solver_draws)
-        return [{**m, "boxes": {"log_width": box_log_width(*c)}} for m, c in zip(trials, corners, strict=True)]
+    corners = {box: boxes[box].boxes(splits.train_x) for box in dict.fromkeys(c.box for c in configs)}
 
-    def group(c: LAREConfig) -> tuple:  # trials that can share one sampler and one batched probe
+    def sampler(group: list[LAREConfig]) -> BoxSampler:
+        s = group[0].sampling
+        return BoxSampler(torch.stack([corners[c.box][0] for c in group]), torch.stack([corners[c.box][1] for c in group]),
+                          splits.train_y, k=s.k, fresh=s.fresh, renormalize=s.renormalize)
+
+    return sampled_trials(splits, configs, device, sampler, lambda c: {"boxes": {"log_width": box_log_width(*corners[c.box])}})
+
+
+def sampled_trials(splits: EmbeddingSplits, configs: list, device, sampler: Callable[[list], Augmenter],
+                   extra: Callable[[Any], dict] = lambda c: {}) -> list[Metrics]:
+    """Step 2 of LARE and of any method that samples around each training embedding (configs with
+    ``sampling`` and ``probe``): the trials that share their sampling settings and the probe's shared
+    settings train as one batched probe on the originals plus ``sampler(their configs)``;
+    ``extra(config)`` adds what a trial reports beside its metrics."""
+    def group(c) -> tuple:  # trials that can share one sampler and one batched probe
         s = c.sampling
         return s.k, s.fresh, s.renormalize, s.solver_draws, shared_settings(c.probe)
+
+    def run(idx: list[int]) -> list[Metrics]:
+        chosen = [configs[i] for i in idx]
+        trials = probe_trials(splits, [c.probe for c in chosen], device, sampler(chosen), chosen[0].sampling.solver_draws)
+        return [{**m, **extra(c)} for m, c in zip(trials, chosen, strict=True)]
 
     return _by_group(configs, group, run)
 
